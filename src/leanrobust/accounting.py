@@ -1,0 +1,48 @@
+"""Honest compute accounting: every sample the model sees is counted by a forward hook,
+so attacks, scoring and selection passes are included without any plumbing."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+@dataclass
+class PassCounter:
+    """Training cost in samples. grad_evals: samples forwarded with grad enabled (each is a forward + backward pass);
+    forward_evals: samples forwarded without grad (clean checks)."""
+
+    grad_evals: int = 0
+    forward_evals: int = 0
+    active: bool = True
+
+    def attach(self, model: nn.Module) -> torch.utils.hooks.RemovableHandle:
+        def hook(_module, inputs, _output):
+            if not self.active:
+                return
+            n = int(inputs[0].shape[0]) if inputs and torch.is_tensor(inputs[0]) else 0
+            if torch.is_grad_enabled():
+                self.grad_evals += n
+            else:
+                self.forward_evals += n
+
+        return model.register_forward_hook(hook)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Passes made inside are not counted (validation and test evaluation)."""
+        prev, self.active = self.active, False
+        try:
+            yield
+        finally:
+            self.active = prev
+
+    def state_dict(self) -> dict[str, int]:
+        return {"grad_evals": self.grad_evals, "forward_evals": self.forward_evals}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.grad_evals = int(d.get("grad_evals", 0))
+        self.forward_evals = int(d.get("forward_evals", 0))

@@ -1,0 +1,124 @@
+"""AutoAttack (Croce & Hein 2020) through the `pyautoattack` package: the evaluation standard,
+with our conventions (lower-case norms, eval mode restored, robust flags, resumable state)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator, NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from .common import eval_mode
+
+_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+
+
+class AutoAttackResult(NamedTuple):
+    """x_adv: adversarial inputs (x where no attack succeeded in this call); robust: per-sample
+    bool, the model still predicts y on x_adv and no earlier (resumed) attack broke the point;
+    accuracy: robust.float().mean()."""
+
+    x_adv: torch.Tensor
+    robust: torch.Tensor
+    accuracy: float
+
+
+def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | torch.Tensor,
+               norm: str = "linf", version: str = "standard", attacks: Sequence[str] | None = None,
+               seed: int | None = 0, batch_size: int = 250, state_path: str | Path | None = None,
+               device: str | torch.device | None = None, verbose: bool = False) -> AutoAttackResult:
+    """Run AutoAttack ("standard": APGD-CE, APGD-T, FAB-T, Square; "custom" with `attacks`).
+
+    Attacks run one at a time on the points still robust, exactly as AutoAttack's own loop
+    does (same batches, same seeds). Reproducible: `seed` seeds every attack's random starts
+    (pyautoattack re-seeds torch's RNG before each attack and batch; seed=None uses the clock),
+    so the same model, data, batch_size and device give the same result; the caller's RNG
+    state is restored afterwards. eps: one radius for all samples (AutoAttack has no per-sample
+    eps). state_path: JSON file rewritten atomically after each finished attack (finished
+    attacks, robust flags); a rerun with it skips the finished attacks. We keep that state
+    ourselves because pyautoattack 0.2.0 cannot resume from its own file (it writes the attack
+    set with str() and compares it with a set; `y_adv` is unbound on resume). After a resume
+    x_adv only holds the examples found in this call; `robust` accounts for all. Parameters
+    are frozen during the run, so no .grad is left on them (FAB calls backward)."""
+    from pyautoattack import AutoAttack
+
+    if norm not in _NORMS:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {sorted(_NORMS)}")
+    if version == "custom" and not attacks:
+        raise ValueError("version='custom' needs attacks=[...], e.g. ['apgd-ce', 'apgd-t']")
+    eps_t = torch.as_tensor(eps, dtype=torch.float32).flatten()
+    if eps_t.numel() == 0 or not torch.all(eps_t == eps_t[0]):
+        raise ValueError("AutoAttack needs one eps for all samples; got differing per-sample eps")
+    device = torch.device(device) if device is not None else x.device
+    path = Path(state_path) if state_path is not None else None
+    with eval_mode(model), _frozen(model), _forked_rng(device):
+        aa = AutoAttack(model, norm=_NORMS[norm], eps=float(eps_t[0]), version=version,
+                        attacks=list(attacks) if attacks else None, seed=seed, device=device)
+        aa.verbose = verbose
+        names = list(aa.attacks_to_run)
+        meta = {"norm": norm, "eps": float(eps_t[0]), "version": version, "attacks": names,
+                "seed": seed, "n": int(x.shape[0]), "label_sum": int(y.sum())}
+        state = _read_state(path, meta) if path is not None and path.exists() else None
+        if state is None:
+            state = {**meta, "done": [], "robust": (_predict(model, x, batch_size, device) == y.to(device)).tolist()}
+        robust = torch.tensor(state["robust"], dtype=torch.bool, device=y.device)
+        x_adv = x.clone()
+        for name in names:
+            if name in state["done"]:
+                continue
+            idx = robust.nonzero().squeeze(1)
+            if idx.numel() > 0:
+                aa.attacks_to_run = [name]
+                found, _ = aa.run_standard_evaluation(x[idx], y[idx], batch_size=batch_size)
+                broken = _predict(model, found, batch_size, device).to(y.device) != y[idx]
+                x_adv[idx[broken]] = found[broken].to(x_adv.device)
+                robust[idx[broken]] = False
+            state["done"].append(name)
+            state["robust"] = robust.tolist()
+            if path is not None:
+                _write_state(path, state)
+        robust &= _predict(model, x_adv, batch_size, device).to(y.device) == y
+    return AutoAttackResult(x_adv, robust, robust.float().mean().item())
+
+
+def _predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(xb.to(device)).argmax(1) for xb in x.split(batch_size)])
+
+
+def _read_state(path: Path, meta: dict) -> dict:
+    state = json.loads(path.read_text())
+    for key, value in meta.items():
+        if state.get(key) != value:
+            raise ValueError(f"AutoAttack state file {path} was written for {key}={state.get(key)!r}, "
+                             f"this run has {key}={value!r}; delete it or pass another state_path")
+    return state
+
+
+def _write_state(path: Path, state: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+
+
+def _forked_rng(device: torch.device):
+    """pyautoattack calls torch.manual_seed; keep that from leaking into the caller's RNG."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.random.fork_rng(devices=[index])
+    return torch.random.fork_rng(devices=[])

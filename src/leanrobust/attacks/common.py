@@ -1,0 +1,95 @@
+"""Shared attack plumbing: per-sample eps, mode restoration, projections."""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+def as_eps(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample radius shaped (B, 1, 1, ...) to broadcast over x; a float broadcasts."""
+    e = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
+    if e.ndim == 0:
+        e = e.expand(x.shape[0])
+    e = e.reshape(-1)
+    if e.numel() != x.shape[0]:
+        raise ValueError(f"eps has {e.numel()} entries for a batch of {x.shape[0]}")
+    if (e < 0).any():
+        raise ValueError("eps must be >= 0")
+    return e.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the attack in eval mode (BatchNorm buffers untouched), then restore every
+    submodule's own training flag exactly as the caller left it."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, t in modes:
+            m.train(t)
+
+
+def flat_norm(v: torch.Tensor, p: float) -> torch.Tensor:
+    """Per-sample p-norm, shaped (B, 1, 1, ...) for broadcasting."""
+    n = v.flatten(1).norm(p=p, dim=1)
+    return n.reshape(-1, *([1] * (v.ndim - 1)))
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
+    """Project x_adv onto the eps-ball around x (per-sample eps) intersected with [0,1]."""
+    delta = x_adv - x
+    if norm == "linf":
+        delta = torch.maximum(torch.minimum(delta, eps), -eps)
+    elif norm == "l2":
+        n = flat_norm(delta, 2).clamp_min(1e-12)
+        delta = delta * torch.clamp(eps / n, max=1.0)
+    else:
+        raise ValueError(f"unknown norm {norm!r}; expected 'linf' or 'l2'")
+    return (x + delta).clamp(0.0, 1.0)
+
+
+NORMS = ("linf", "l2")
+
+
+def check_norm(norm: str) -> str:
+    """Return norm if it is a known threat model ("linf", "l2"), else raise ValueError."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
+    return norm
+
+
+def random_init(x: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:
+    """Random start inside the eps-ball, clipped to [0,1]: uniform per pixel for linf; for l2 a
+    uniform direction with radius U(0,1) * eps."""
+    if check_norm(norm) == "linf":
+        delta = (2 * torch.rand_like(x) - 1) * eps
+    else:
+        d = torch.randn_like(x)
+        r = torch.rand(x.shape[0], device=x.device, dtype=x.dtype).reshape(eps.shape)
+        delta = d / flat_norm(d, 2).clamp_min(1e-12) * r * eps
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def ascent_step(x_adv: torch.Tensor, grad: torch.Tensor, alpha: torch.Tensor, norm: str) -> torch.Tensor:
+    """One steepest-ascent step of per-sample length alpha: sign of the gradient for linf, the
+    per-sample L2-normalised gradient for l2 (not yet projected)."""
+    if check_norm(norm) == "linf":
+        return x_adv + alpha * grad.sign()
+    return x_adv + alpha * grad / flat_norm(grad, 2).clamp_min(1e-12)
+
+
+def input_grad(loss: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """d loss / d x only: nothing accumulates in the parameters' .grad."""
+    return torch.autograd.grad(loss, x)[0]
+
+
+def cw_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample CW margin max_{j != y} z_j - z_y (> 0 exactly when misclassified)."""
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(torch.nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+    return other.amax(dim=1) - z_y

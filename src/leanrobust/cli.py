@@ -1,0 +1,123 @@
+"""The `leanrobust` command line: train, resume and evaluate (more commands per method)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Adversarially robust image classifiers with less data and less compute.")
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+KNOWN_ERRORS: tuple = (ValueError, FileNotFoundError, RuntimeError, NotImplementedError)
+
+
+@app.command()
+def train(config: Path = typer.Argument(..., help="YAML experiment file"),
+          set_: Optional[List[str]] = typer.Option(None, "--set", help="override, e.g. --set optim.epochs=2"),
+          out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<name>)"),
+          ) -> None:
+    """Train a model, evaluate it on the test set and write a run directory."""
+    from .config import load_config
+    from .train import SUMMARY, Trainer
+
+    try:
+        cfg = load_config(config, set_ or [])
+        run_dir = out or Path("runs") / cfg.name
+        if (run_dir / SUMMARY).exists():
+            raise ValueError(f"{run_dir} already holds a finished run; choose another --out")
+        if (run_dir / "checkpoint.pt").exists():
+            raise ValueError(f"{run_dir} holds an unfinished run; continue it with `leanrobust resume {run_dir}`")
+        summary = Trainer(cfg, run_dir).fit()
+    except KNOWN_ERRORS as e:
+        _fail(e)
+    _print_summary(summary, run_dir)
+
+
+@app.command()
+def resume(run_dir: Path = typer.Argument(..., help="run directory of an interrupted run")) -> None:
+    """Continue an interrupted run from its last checkpoint."""
+    from .train import resume as _resume
+
+    try:
+        summary = _resume(run_dir)
+    except KNOWN_ERRORS as e:
+        _fail(e)
+    _print_summary(summary, run_dir)
+
+
+@app.command("eval")
+def eval_(run_dir: Path = typer.Argument(..., help="run directory or model.safetensors"),
+          attacks: str = typer.Option("pgd20,cw20,autoattack", help="comma list: pgdK, cwK, autoattack"),
+          n: Optional[int] = typer.Option(None, "--n", help="test points (default: all)"),
+          eps: Optional[float] = typer.Option(None, help="radius (default: the run's)"),
+          norm: Optional[str] = typer.Option(None, help="linf or l2 (default: the run's)"),
+          aa_version: str = typer.Option("standard", help="AutoAttack: standard or fast (APGD-CE + APGD-T)"),
+          config: Optional[Path] = typer.Option(None, help="config for the data (default: the run's config.yaml)"),
+          batch_size: int = typer.Option(500),
+          device: str = typer.Option("auto"),
+          seed: int = typer.Option(0),
+          as_json: bool = typer.Option(False, "--json", help="print JSON only"),
+          ) -> None:
+    """Evaluate a trained model: clean accuracy and robust accuracy per attack."""
+    from . import load
+    from .config import load_config
+    from .data.build import load_test_set
+    from .evaluate import evaluate_model, parse_attacks
+    from .io import write_json
+    from .train import CONFIG, resolve_device
+
+    try:
+        attack_list = parse_attacks(attacks)
+        cfg_path = config or (run_dir / CONFIG if run_dir.is_dir() else None)
+        if cfg_path is None or not Path(cfg_path).exists():
+            raise ValueError("cannot find the run's config.yaml: pass --config for the data")
+        cfg = load_config(cfg_path)
+        dev = resolve_device(device)
+        model = load(run_dir, device=str(dev))
+        images, labels = load_test_set(cfg.data)
+        res = evaluate_model(model, images, labels, eps=eps if eps is not None else cfg.objective.eps,
+                             norm=norm or cfg.objective.norm, attacks=attack_list, n=n,
+                             autoattack_version=aa_version, batch_size=batch_size, device=dev, seed=seed,
+                             state_dir=run_dir if run_dir.is_dir() else None, progress=not as_json)
+    except KNOWN_ERRORS as e:
+        _fail(e)
+    if run_dir.is_dir():
+        write_json(run_dir / f"eval_{res['norm']}_{res['eps']:g}_{res['n']}.json", res)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+    else:
+        _print_accuracies(res)
+
+
+def _print_accuracies(res: dict) -> None:
+    typer.echo(f"clean accuracy      {100 * res['clean_acc']:6.2f}%  (n={res['n']})")
+    for k, v in res["robust_acc"].items():
+        extra = f"  (n={res.get('autoattack_n')}, {res.get('autoattack_version')})" if k == "autoattack" else ""
+        typer.echo(f"robust {k:<12} {100 * v:6.2f}%{extra}")
+
+
+def _print_summary(summary: Optional[dict], run_dir: Path) -> None:
+    if summary is None:
+        typer.echo(f"stopped early; continue with `leanrobust resume {run_dir}`")
+        return
+    typer.echo(f"run directory: {run_dir}")
+    _print_accuracies({**summary, **summary["eval"]})
+    typer.echo(f"train time {summary['train_seconds']:.1f}s, {summary['grad_evals']:,} grad evals, "
+               f"{summary['samples_seen']:,} samples seen")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The experiment schema: one validated structure with every hyper-parameter visible.
+Unknown keys and wrong types are rejected naming the key (pydantic, extra='forbid')."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    dataset: Literal["fashion_mnist", "mnist", "cifar10", "cifar100", "npz"] = "fashion_mnist"
+    path: Optional[str] = Field(None, description="npz file when dataset is 'npz' (train split)")
+    test_path: Optional[str] = Field(None, description="npz test file when dataset is 'npz'")
+    num_classes: Optional[int] = Field(None, ge=2, description="needed for npz datasets")
+    root: Optional[str] = Field(None, description="data directory searched first")
+    download: bool = True
+    train_subset: Optional[int] = Field(None, ge=1, description="class-balanced random subset of the real training set")
+    val_size: int = Field(1000, ge=0, description="held-out real training images for model selection")
+    generated: Optional[str] = Field(None, description="npz of generated images mixed into every batch")
+    gen_fraction: float = Field(0.7, ge=0.0, le=1.0, description="generated share of each batch (Wang et al. 2023)")
+    selection: Optional[str] = Field(None, description="Selection npz (indices, weight, eps) over the training pool")
+    augment: bool = True
+    crop_pad: Optional[int] = Field(None, ge=0, description="default from the dataset")
+    flip: Optional[bool] = Field(None, description="default from the dataset (off for digits/clothes)")
+
+
+class ModelConfig(_Strict):
+    name: Literal["smallcnn", "preact_resnet18", "resnet18", "wideresnet"] = "smallcnn"
+    width: float = Field(1.0, gt=0, description="SmallCNN width multiplier")
+    depth: int = Field(28, ge=10, description="WideResNet depth")
+    widen_factor: int = Field(10, ge=1, description="WideResNet width")
+    activation: Literal["relu", "silu"] = "relu"
+
+
+class ObjectiveConfig(_Strict):
+    name: Literal["erm", "pgd_at", "trades", "mart", "fgsm_rs", "gair_at", "gair_trades", "mail_at"] = "pgd_at"
+    norm: Literal["linf", "l2"] = "linf"
+    eps: float = Field(0.1, ge=0.0)
+    steps: int = Field(10, ge=1)
+    step_size: Optional[float] = Field(None, gt=0, description="relative to eps; default 2.5/steps")
+    beta: float = Field(6.0, ge=0.0, description="TRADES / MART / GAIR-TRADES trade-off")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    params: dict[str, Any] = Field(default_factory=dict, description="method-specific keyword arguments")
+
+
+class OptimConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["constant", "piecewise", "cosine", "onecycle"] = "piecewise"
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75], description="fractions of training (piecewise)")
+    gamma: float = Field(0.1, gt=0, le=1.0)
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    ema_tau: Optional[float] = Field(None, gt=0.0, lt=1.0, description="EMA of weights, decay min(tau, (1+t)/(10+t))")
+    grad_clip: Optional[float] = Field(None, gt=0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 < m < 1.0 for m in v) or sorted(v) != v:
+            raise ValueError("milestones must be increasing fractions of training in (0, 1)")
+        return v
+
+
+class SelectionConfig(_Strict):
+    """Which pool samples train, how much each counts and how hard each is attacked (issue: data selection)."""
+    method: str = Field("none", description="none, or a scorer/selector name (see `leanrobust select --help`)")
+    fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of the pool kept")
+    prune: Literal["highest", "lowest"] = Field("highest", description="which scores are removed")
+    class_balanced: bool = True
+    every: Optional[int] = Field(None, ge=1, description="re-select every R epochs (dynamic); None: once, before training")
+    start_epoch: int = Field(0, ge=0, description="train on the full pool before the first selection")
+    params: dict[str, Any] = Field(default_factory=dict, description="method-specific keyword arguments")
+
+
+class ValidationConfig(_Strict):
+    n: int = Field(500, ge=0, description="held-out points checked each epoch (0: no selection, keep last)")
+    steps: int = Field(10, ge=1, description="PGD steps of the per-epoch robust check")
+    select: Literal["robust", "clean", "last"] = "robust"
+
+
+class EvalConfig(_Strict):
+    n: Optional[int] = Field(None, ge=1, description="test points (None: the whole test set)")
+    attacks: list[str] = Field(default_factory=lambda: ["pgd20", "cw20", "autoattack"])
+    autoattack_n: Optional[int] = Field(None, ge=1, description="test points for AutoAttack (None: same as n)")
+    autoattack_version: Literal["standard", "fast"] = Field(
+        "standard", description="standard: APGD-CE, APGD-T, FAB-T, Square; fast: APGD-CE + APGD-T (a lower bound)")
+    batch_size: int = Field(500, ge=1)
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    amp: bool = Field(True, description="bf16 autocast on CUDA (CPU runs stay fp32)")
+    channels_last: bool = True
+    threads: Optional[int] = Field(None, ge=1, description="torch CPU threads")
+    progress: bool = True
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _npz_needs_paths(self) -> "RunConfig":
+        if self.data.dataset == "npz" and (not self.data.path or not self.data.num_classes):
+            raise ValueError("data.dataset 'npz' needs data.path and data.num_classes")
+        return self
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(root)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return f"invalid config {source}:\n" + "\n".join(lines)
+
+
+def _parse_value(text: str) -> Any:
+    """A --set value is read as YAML so that numbers, booleans, lists and null work."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` overrides to a nested dict (new keys are caught by validation)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {key!r}: {p!r} is not a section")
+            node = nxt
+        node[parts[-1]] = _parse_value(value)
+    return raw
+
+
+def validate_config(raw: dict, source: str = "<dict>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the defaults when path is None), apply overrides, validate."""
+    raw: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    raw = apply_overrides(raw, overrides or [])
+    return validate_config(raw, source)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

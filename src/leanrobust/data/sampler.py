@@ -1,0 +1,70 @@
+"""Batches of selection positions per epoch: plain shuffling, or a fixed generated share per batch
+(proxy data), deterministic in (epoch, seed) and sharded across DDP ranks from one global permutation."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class MixingSampler:
+    """`epoch(e, seed)` -> this rank's list of LongTensor positions (indices into `is_generated`), one per batch.
+
+    gen_fraction=None: a permutation of all positions cut into batches (ceil(n/B), or floor with drop_last).
+    gen_fraction=f: every batch holds round(f*B) generated and B - round(f*B) real positions; an epoch is
+    n_real // real_per_batch batches (at least 1); generated positions cycle through fresh permutations.
+    With world_size > 1 rank r takes global batches r, r + world_size, ...; tail batches that do not divide
+    evenly are dropped so every rank has len(sampler) batches."""
+
+    def __init__(self, is_generated: torch.Tensor, batch_size: int, gen_fraction: float | None = None,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1):
+        is_generated = torch.as_tensor(is_generated, dtype=torch.bool).flatten().cpu()
+        if batch_size < 1:
+            raise ValueError(f"MixingSampler: batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"MixingSampler: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.gen_pos = is_generated.nonzero().flatten()
+        self.real_pos = (~is_generated).nonzero().flatten()
+        self.n, self.batch_size, self.gen_fraction = len(is_generated), batch_size, gen_fraction
+        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+        n_real, n_gen = len(self.real_pos), len(self.gen_pos)
+        if gen_fraction is None:
+            self.gen_per_batch = self.real_per_batch = None
+            n_global = self.n // batch_size if drop_last else math.ceil(self.n / batch_size)
+        else:
+            if not 0.0 <= gen_fraction <= 1.0:
+                raise ValueError(f"MixingSampler: gen_fraction must be in [0, 1], got {gen_fraction}")
+            self.gen_per_batch = round(gen_fraction * batch_size)
+            self.real_per_batch = batch_size - self.gen_per_batch
+            if self.gen_per_batch and not n_gen:
+                raise ValueError(f"MixingSampler: gen_fraction={gen_fraction} but there are no generated positions")
+            if self.real_per_batch and not n_real:
+                raise ValueError(f"MixingSampler: gen_fraction={gen_fraction} needs real positions, there are none")
+            n_global = max(1, n_real // self.real_per_batch if self.real_per_batch else n_gen // batch_size)
+        self.batches_per_rank = n_global // world_size
+        if self.batches_per_rank == 0:
+            raise ValueError(f"MixingSampler: {n_global} batch(es) per epoch cannot be shared by {world_size} ranks")
+        self.n_global = self.batches_per_rank * world_size
+
+    def __len__(self) -> int:
+        return self.batches_per_rank
+
+    @staticmethod
+    def _draw(pos: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+        """k positions cycling through fresh permutations of `pos` (no repeats while k <= len(pos))."""
+        reps = -(-k // len(pos))
+        return torch.cat([pos[torch.randperm(len(pos), generator=g)] for _ in range(reps)])[:k]
+
+    def epoch(self, epoch: int, seed: int) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) % (1 << 63))
+        B, G = self.batch_size, self.n_global
+        if self.gen_fraction is None:
+            batches = list(torch.randperm(self.n, generator=g).split(B))[:G]
+        else:
+            parts = []
+            if self.real_per_batch:
+                parts.append(self._draw(self.real_pos, G * self.real_per_batch, g).view(G, -1))
+            if self.gen_per_batch:
+                parts.append(self._draw(self.gen_pos, G * self.gen_per_batch, g).view(G, -1))
+            batches = list(torch.cat(parts, 1).unbind(0))
+        return batches[self.rank::self.world_size]

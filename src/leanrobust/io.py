@@ -1,0 +1,88 @@
+"""Safe persistence: weights in safetensors, checkpoints loaded with weights_only,
+every file written atomically (temp file + rename) so an interruption loses nothing."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+class WeightsError(ValueError):
+    """A weights or checkpoint file that is missing, corrupt, unsafe or does not fit the model."""
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call write(tmp_path) then rename onto path, so readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _cpu_state(model_or_state: nn.Module | dict) -> dict[str, torch.Tensor]:
+    sd = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
+
+
+def save_weights(path: str | Path, model_or_state: nn.Module | dict, metadata: dict[str, str] | None = None) -> Path:
+    state = _cpu_state(model_or_state)
+    return atomic_write(path, lambda p: save_file(state, str(p), metadata=metadata))
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; anything else (a pickle, a truncated file) is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file does not exist")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: not a valid safetensors weights file ({e}); "
+                           "leanrobust never unpickles weights") from None
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: not a valid safetensors weights file ({e})") from None
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    """Tensors, numbers, strings, lists and dicts only, so weights_only loading reads it back."""
+    return atomic_write(path, lambda p: torch.save(state, p))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: checkpoint does not exist") from None
+    except Exception as e:  # torch raises UnpicklingError/RuntimeError for unsafe or corrupt files
+        raise WeightsError(f"{path}: unreadable or unsafe checkpoint ({type(e).__name__}: {e})") from None

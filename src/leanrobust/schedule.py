@@ -1,0 +1,27 @@
+"""Learning-rate schedules as pure functions of training progress, so a resumed run
+recomputes exactly the same rate from the iteration count alone."""
+from __future__ import annotations
+
+import math
+
+from .config import OptimConfig
+
+
+def lr_factor(cfg: OptimConfig, it: int, total: int, iters_per_epoch: int) -> float:
+    """Multiplier of cfg.lr at iteration `it` (0-based) of `total`."""
+    t = min(max(it / max(total, 1), 0.0), 1.0)
+    if cfg.schedule == "constant":
+        f = 1.0
+    elif cfg.schedule == "piecewise":
+        f = cfg.gamma ** sum(t >= m for m in cfg.milestones)
+    elif cfg.schedule == "cosine":
+        f = 0.5 * (1.0 + math.cos(math.pi * t))
+    elif cfg.schedule == "onecycle":  # linear up to the peak at 30% of training, then linear down to 0
+        f = t / 0.3 if t < 0.3 else max(0.0, (1.0 - t) / 0.7)
+        f = max(f, 1e-3)
+    else:  # unreachable: the schema restricts the names
+        raise ValueError(f"unknown schedule {cfg.schedule!r}")
+    warm = cfg.warmup_epochs * iters_per_epoch
+    if warm > 0 and it < warm:
+        f *= (it + 1) / warm
+    return f

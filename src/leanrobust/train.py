@@ -1,0 +1,321 @@
+"""The training loop: data as uint8 tensors on the device selected by index tensors, one
+objective call per batch of (x, y, eps, weight), per-epoch validation choosing the best
+checkpoint, and a run directory that can be resumed after any interruption."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import __version__
+from .accounting import PassCounter
+from .attacks import pgd
+from .attacks.common import eval_mode
+from .config import RunConfig, dump_config, load_config
+from .data.augment import augment_batch, to_float
+from .data.build import TrainingData, build_training_data, load_test_set
+from .data.sampler import MixingSampler
+from .ema import EMA
+from .evaluate import evaluate_model
+from .io import load_checkpoint, save_checkpoint, save_weights, write_json, write_text
+from .models import build_model
+from .objectives import call_objective
+from .schedule import lr_factor
+from .selection import Selection
+
+CHECKPOINT = "checkpoint.pt"
+WEIGHTS = "model.safetensors"
+BEST = "best.safetensors"
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+CONFIG = "config.yaml"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def model_spec(cfg: RunConfig, info) -> dict:
+    """What `leanrobust.load` needs to rebuild the network from a weights file alone."""
+    m = cfg.model
+    kw = {"width": m.width, "input_size": info.size} if m.name == "smallcnn" else {}
+    if m.name == "wideresnet":
+        kw = {"depth": m.depth, "widen_factor": m.widen_factor, "activation": m.activation}
+    return {"name": m.name, "num_classes": info.num_classes, "in_channels": info.channels,
+            "mean": list(info.mean), "std": list(info.std), "kwargs": kw}
+
+
+def build_from_spec(spec: dict) -> nn.Module:
+    return build_model(spec["name"], spec["num_classes"], spec["in_channels"], spec["mean"], spec["std"], **spec["kwargs"])
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    adv_acc: float
+    samples: int
+    seconds: float
+
+
+class Trainer:
+    """One run: config + run directory. `fit()` trains (resuming if a checkpoint exists),
+    then evaluates and writes summary.json; the run directory is complete only then."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, on_epoch_start: Optional[Callable] = None):
+        self.cfg = cfg
+        self.dir = Path(run_dir)
+        self.on_epoch_start = on_epoch_start  # hook for dynamic re-selection (trainer, epoch) -> Selection | None
+        self.device = resolve_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        if self.world_size > 1:
+            raise NotImplementedError("multi-process (torchrun/DDP) training is not enabled yet; the sampler "
+                                      "already shards batches by rank, the loop will wrap the model next")
+        self.cuda = self.device.type == "cuda"
+        seed_everything(cfg.seed)
+        self.data: TrainingData = build_training_data(cfg.data, cfg.seed)
+        info = self.data.info
+        self.spec = model_spec(cfg, info)
+        self.model = build_from_spec(self.spec).to(self.device)
+        if self.cuda and cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.counter = PassCounter()
+        self.counter.attach(self.model)
+        self.pool = self.data.pool.to(self.device)
+        self.val = self.data.val.to(self.device)
+        self.crop_pad = cfg.data.crop_pad if cfg.data.crop_pad is not None else info.crop_pad
+        self.flip = cfg.data.flip if cfg.data.flip is not None else info.flip
+        if not cfg.data.augment:
+            self.crop_pad, self.flip = 0, False
+        sel = Selection.load(cfg.data.selection) if cfg.data.selection else Selection.full(len(self.pool), cfg.objective.eps)
+        self.set_selection(sel)
+        o = cfg.optim
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
+                                         nesterov=o.nesterov and o.momentum > 0, weight_decay=o.weight_decay)
+        self.ema = EMA(self.model, o.ema_tau) if o.ema_tau else None
+        self.epoch = 0  # completed epochs
+        self.iteration = 0
+        self.train_seconds = 0.0
+        self.samples_seen = 0
+        self.best_metric = -1.0
+        self.best_epoch = -1
+
+    # ----- selection and batches -------------------------------------------------------
+    def set_selection(self, sel: Selection) -> None:
+        """Train on pool[sel.indices] with the selection's per-sample eps and weight."""
+        sel.validate_for_pool(len(self.pool), self.cfg.data.selection or "selection")
+        self.selection = sel
+        self.sel_indices = sel.indices.to(self.device)
+        self.sel_eps = sel.eps.to(self.device)
+        self.sel_weight = sel.weight.to(self.device)
+        is_gen = self.pool.is_generated[self.sel_indices]
+        frac = self.cfg.data.gen_fraction if bool(is_gen.any()) and bool((~is_gen).any()) else None
+        self.sampler = MixingSampler(is_gen.cpu(), self.cfg.optim.batch_size, gen_fraction=frac,
+                                     rank=self.rank, world_size=self.world_size)
+
+    def batch(self, positions: torch.Tensor, generator: torch.Generator):
+        positions = positions.to(self.device)
+        idx = self.sel_indices[positions]
+        x = augment_batch(self.pool.images[idx], crop_pad=self.crop_pad, flip=self.flip, generator=generator)
+        if self.cuda and self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, self.pool.labels[idx], self.sel_eps[positions], self.sel_weight[positions]
+
+    # ----- one epoch ---------------------------------------------------------------------
+    def total_iterations(self) -> int:
+        return len(self.sampler) * self.cfg.optim.epochs
+
+    def train_epoch(self, epoch: int) -> EpochStats:
+        cfg, o = self.cfg, self.cfg.optim
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # attack starts, dropout: a function of (seed, epoch)
+        gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + epoch)
+        batches = self.sampler.epoch(epoch, cfg.seed)
+        self.model.train()
+        total = self.total_iterations()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        seen = 0
+        t0 = time.perf_counter()
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{o.epochs}", disable=not cfg.progress or self.rank != 0,
+                   unit="batch", leave=False, dynamic_ncols=True)
+        obj = cfg.objective
+        for positions in bar:
+            x, y, eps, w = self.batch(positions, gen)
+            lr = o.lr * lr_factor(o, self.iteration, total, len(self.sampler))
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and cfg.amp):
+                out = call_objective(obj.name, self.model, x, y, eps, w, norm=obj.norm, steps=obj.steps,
+                                     step_size=obj.step_size, beta=obj.beta, label_smoothing=obj.label_smoothing,
+                                     epoch=epoch, num_epochs=o.epochs, **obj.params)
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if o.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
+            self.optimizer.step()
+            if self.ema:
+                self.ema.update(self.model)
+            self.iteration += 1
+            b = y.numel()
+            seen += b
+            loss_sum += out.loss.detach() * b
+            correct += (out.logits.argmax(1) == y).sum()
+            if bar.n % 10 == 0:
+                dt = time.perf_counter() - t0
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", img_s=f"{seen / max(dt, 1e-9):.0f}", refresh=False)
+        if self.cuda:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        return EpochStats(loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seen, dt)
+
+    # ----- validation and checkpoints ------------------------------------------------------
+    def eval_model(self) -> nn.Module:
+        return self.ema.model if self.ema else self.model
+
+    def validate(self) -> dict:
+        n = min(self.cfg.validation.n, len(self.val))
+        if n == 0:
+            return {}
+        model = self.eval_model()
+        x, y = to_float(self.val.images[:n]), self.val.labels[:n]
+        torch.manual_seed(self.cfg.seed + 17)  # same random starts every epoch
+        clean = rob = 0
+        bs = self.cfg.eval.batch_size
+        for i in range(0, n, bs):
+            xb, yb = x[i:i + bs], y[i:i + bs]
+            with torch.no_grad(), eval_mode(model):
+                clean += (model(xb).argmax(1) == yb).sum().item()
+            xa = pgd(model, xb, yb, self.cfg.objective.eps, steps=self.cfg.validation.steps, norm=self.cfg.objective.norm)
+            with torch.no_grad(), eval_mode(model):
+                rob += (model(xa).argmax(1) == yb).sum().item()
+        return {"val_clean": clean / n, "val_robust": rob / n}
+
+    def checkpoint_state(self) -> dict:
+        return {"version": __version__, "epoch": self.epoch, "iteration": self.iteration,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema.state_dict() if self.ema else None, "counter": self.counter.state_dict(),
+                "train_seconds": self.train_seconds, "samples_seen": self.samples_seen,
+                "best_metric": self.best_metric, "best_epoch": self.best_epoch,
+                "selection": {"indices": self.selection.indices, "weight": self.selection.weight,
+                              "eps": self.selection.eps}}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.counter.load_state_dict(state["counter"])
+        for k in ("epoch", "iteration", "samples_seen", "best_epoch"):
+            setattr(self, k, int(state[k]))
+        self.train_seconds = float(state["train_seconds"])
+        self.best_metric = float(state["best_metric"])
+        s = state["selection"]
+        self.set_selection(Selection(s["indices"], s["weight"], s["eps"]))
+
+    def _metadata(self) -> dict[str, str]:
+        return {"leanrobust_model": json.dumps(self.spec), "leanrobust_version": __version__}
+
+    # ----- the whole run ---------------------------------------------------------------------
+    def fit(self, stop_after_epoch: Optional[int] = None) -> Optional[dict]:
+        """Train to cfg.optim.epochs (or stop after `stop_after_epoch` completed epochs, for
+        tests and budgeted runs), then evaluate. Returns the summary, or None if stopped early."""
+        cfg = self.cfg
+        self.dir.mkdir(parents=True, exist_ok=True)
+        ckpt = self.dir / CHECKPOINT
+        if ckpt.exists():
+            self.restore(load_checkpoint(ckpt))
+        else:
+            if (self.dir / METRICS).exists():
+                (self.dir / METRICS).unlink()
+        write_text(self.dir / CONFIG, dump_config(cfg))
+        while self.epoch < cfg.optim.epochs:
+            if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
+                return None
+            e = self.epoch
+            t0 = time.perf_counter()
+            if self.on_epoch_start:
+                new = self.on_epoch_start(self, e)
+                if new is not None:
+                    self.set_selection(new)
+            stats = self.train_epoch(e)
+            self.epoch += 1
+            self.samples_seen += stats.samples
+            self.train_seconds += time.perf_counter() - t0  # selection/scoring time included
+            with self.counter.paused():
+                val = self.validate()
+            row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": stats.loss,
+                   "train_acc": stats.adv_acc, "images_per_s": stats.samples / max(stats.seconds, 1e-9),
+                   "epoch_seconds": stats.seconds, "train_seconds": self.train_seconds,
+                   "samples_seen": self.samples_seen, **self.counter.state_dict(), **val}
+            metric = {"robust": val.get("val_robust"), "clean": val.get("val_clean")}.get(cfg.validation.select)
+            if cfg.validation.select == "last" or metric is None or metric > self.best_metric:
+                self.best_metric = -1.0 if metric is None else metric
+                self.best_epoch = self.epoch
+                save_weights(self.dir / BEST, self.eval_model(), self._metadata())
+            row["best_epoch"] = self.best_epoch
+            with open(self.dir / METRICS, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            save_checkpoint(ckpt, self.checkpoint_state())
+            if cfg.progress and self.rank == 0:
+                vs = " ".join(f"{k}={v:.4f}" for k, v in val.items())
+                tqdm.write(f"epoch {self.epoch}/{cfg.optim.epochs} loss={stats.loss:.4f} "
+                           f"{row['images_per_s']:.0f} img/s {vs}")
+        return self.finish()
+
+    def finish(self) -> dict:
+        """Final weights = the selected checkpoint; test-set evaluation; summary.json."""
+        from .io import load_weights
+
+        cfg = self.cfg
+        model = build_from_spec(self.spec).to(self.device)
+        model.load_state_dict(load_weights(self.dir / BEST))
+        model.eval()
+        save_weights(self.dir / WEIGHTS, model, self._metadata())
+        images, labels = load_test_set(cfg.data)
+        ev = evaluate_model(model, images, labels, eps=cfg.objective.eps, norm=cfg.objective.norm,
+                            attacks=cfg.eval.attacks, n=cfg.eval.n, autoattack_n=cfg.eval.autoattack_n,
+                            autoattack_version=cfg.eval.autoattack_version, batch_size=cfg.eval.batch_size,
+                            device=self.device, seed=cfg.seed, state_dir=self.dir, progress=cfg.progress)
+        summary = {"status": "complete", "clean_acc": ev["clean_acc"], "robust_acc": ev["robust_acc"],
+                   "eval": {k: v for k, v in ev.items() if k not in ("clean_acc", "robust_acc")},
+                   "train_seconds": self.train_seconds, "samples_seen": self.samples_seen,
+                   "grad_evals": self.counter.grad_evals, "forward_evals": self.counter.forward_evals,
+                   "n_train": len(self.selection), "n_pool": len(self.pool), "n_real": self.data.n_real,
+                   "best_epoch": self.best_epoch, "epochs": self.epoch, "device": str(self.device),
+                   "torch": torch.__version__, "leanrobust": __version__, "config": cfg.model_dump(mode="json")}
+        write_json(self.dir / SUMMARY, summary)
+        return summary
+
+
+def train(cfg: RunConfig, run_dir: str | Path, **kw) -> Optional[dict]:
+    return Trainer(cfg, run_dir, **kw).fit()
+
+
+def resume(run_dir: str | Path) -> Optional[dict]:
+    """Continue an interrupted run from its saved config and checkpoint."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).exists():
+        raise FileNotFoundError(f"{run_dir}: no {CONFIG}; is this a leanrobust run directory?")
+    return Trainer(load_config(run_dir / CONFIG), run_dir).fit()

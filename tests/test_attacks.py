@@ -1,0 +1,361 @@
+"""Attacks: box and per-sample ball, caller's modes and BatchNorm buffers untouched, no parameter
+grads; PGD strength vs eps, kappa vs a slow reference, DeepFool vs exact linear distances, and
+the AutoAttack adapter (custom, standard, resume)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from leanrobust.attacks import (AutoAttackResult, DeepFoolResult, autoattack, deepfool, fgsm_rs,
+                                pgd, trades_kl)
+from leanrobust.attacks.common import cw_margin, flat_norm, project
+
+EPS = {"linf": torch.tensor([0.0, 0.03, 0.1, 0.3, 0.05, 0.2]),
+       "l2": torch.tensor([0.0, 0.3, 1.0, 2.0, 0.5, 0.1])}
+
+ATTACKS = {
+    "fgsm_rs": ("linf", lambda m, x, y, e: fgsm_rs(m, x, y, e)),
+    "pgd_linf_ce": ("linf", lambda m, x, y, e: pgd(m, x, y, e, steps=3, restarts=2)),
+    "pgd_linf_cw": ("linf", lambda m, x, y, e: pgd(m, x, y, e, steps=3, restarts=2, loss="cw")),
+    "pgd_l2_ce": ("l2", lambda m, x, y, e: pgd(m, x, y, e, steps=3, restarts=2, norm="l2")),
+    "pgd_l2_cw": ("l2", lambda m, x, y, e: pgd(m, x, y, e, steps=3, restarts=2, norm="l2", loss="cw")),
+    "pgd_kappa": ("linf", lambda m, x, y, e: pgd(m, x, y, e, steps=3, return_kappa=True)[0]),
+    "trades_kl_linf": ("linf", lambda m, x, y, e: trades_kl(m, x, e, steps=3)),
+    "trades_kl_l2": ("l2", lambda m, x, y, e: trades_kl(m, x, e, steps=3, norm="l2")),
+    "deepfool_l2": (None, lambda m, x, y, e: deepfool(m, x, steps=5).x_adv),
+    "deepfool_linf": (None, lambda m, x, y, e: deepfool(m, x, steps=5, norm="linf").x_adv),
+}
+
+
+def _batch(n=6):
+    x = torch.rand(n, 1, 8, 8)
+    x[:, :, 0, :] = 0.0  # pixels on the box edges: clipping must hold there too
+    x[:, :, -1, :] = 1.0
+    return x, torch.arange(n) % 3
+
+
+def _modes(model):
+    return [m.training for m in model.modules()]
+
+
+def _bn_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+@pytest.mark.parametrize("mode", ["train", "eval", "mixed"])
+def test_attack_contract(name, mode, tiny_cnn):
+    norm, attack = ATTACKS[name]
+    model = tiny_cnn(num_classes=3)
+    model.train(mode != "eval")
+    if mode == "mixed":
+        model[1].eval()  # BatchNorm in eval, dropout in train
+    modes, bn = _modes(model), _bn_state(model)
+    x, y = _batch()
+    eps = EPS[norm or "l2"]
+    x_adv = attack(model, x, y, eps)
+    assert x_adv.shape == x.shape and not x_adv.requires_grad
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert _modes(model) == modes
+    for k, v in _bn_state(model).items():
+        assert torch.equal(v, bn[k]), k
+    assert all(p.grad is None for p in model.parameters())
+    assert not torch.equal(x_adv, x)
+    if norm is not None:
+        d = (x_adv - x).flatten(1)
+        size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+        assert (size <= eps + 1e-5).all(), (size, eps)
+        assert torch.equal(x_adv[0], x[0])  # eps 0 comes back unchanged
+
+
+def test_attacks_work_under_no_grad(tiny_cnn):
+    model = tiny_cnn(num_classes=3)
+    x, y = _batch()
+    with torch.no_grad():
+        assert not torch.equal(pgd(model, x, y, 0.1, steps=2), x)
+        assert not torch.equal(trades_kl(model, x, 0.1, steps=2), x)
+        assert deepfool(model, x, steps=20).converged.any()
+
+
+def test_bad_arguments_raise(tiny_linear_model):
+    model = tiny_linear_model(num_classes=3)
+    x, y = _batch()
+    with pytest.raises(ValueError, match="norm"):
+        pgd(model, x, y, 0.1, norm="l1")
+    with pytest.raises(ValueError, match="loss"):
+        pgd(model, x, y, 0.1, loss="dlr")
+    with pytest.raises(ValueError, match="entries"):
+        pgd(model, x, y, torch.tensor([0.1, 0.2]))
+
+
+# ---- PGD strength on a trained linear model ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def logistic():
+    """Logistic regression on two 16-pixel clusters (means 0.35 and 0.65): trained in ~0.2 s."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(200) % 2
+    x = (0.35 + 0.3 * y.float().view(-1, 1, 1, 1) + 0.04 * torch.randn(200, 1, 4, 4, generator=g)).clamp(0, 1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(200):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval(), x, y
+
+
+@pytest.mark.parametrize("norm,grid", [("linf", [0.0, 0.02, 0.05, 0.1, 0.15, 0.3]),
+                                       ("l2", [0.0, 0.1, 0.2, 0.4, 0.6, 1.2])])
+@pytest.mark.parametrize("loss", ["ce", "cw"])
+def test_pgd_success_rises_with_eps(logistic, norm, grid, loss):
+    model, x, y = logistic
+    w, b = model[1].weight, model[1].bias
+    with torch.no_grad():
+        f = (x.flatten(1) @ (w[1] - w[0]) + b[1] - b[0]) * (2 * y - 1)  # > 0 when correct
+        dist = f / (w[1] - w[0]).norm(p=1 if norm == "linf" else 2)  # exact distance to the boundary
+    assert (f > 0).all()
+    rates = []
+    for eps in grid:
+        x_adv = pgd(model, x, y, eps, steps=10, norm=norm, loss=loss)
+        fooled = model(x_adv).argmax(1) != y
+        rates.append(fooled.float().mean().item())
+        assert not fooled[dist > eps].any()  # outside the reach of the ball: cannot be fooled
+        assert fooled[dist < 0.9 * eps].all()  # a linear model is broken wherever it can be
+    assert all(a <= b for a, b in zip(rates, rates[1:])), rates
+    assert rates[0] == 0.0 and rates[-1] == 1.0
+
+
+def test_pgd_restarts_keep_worst_case(logistic):
+    model, x, y = logistic
+    eps = torch.full((len(x),), 0.08)
+    one = pgd(model, x, y, eps, steps=1, step_size=0.3, norm="l2")
+    torch.manual_seed(0)
+    many = pgd(model, x, y, eps, steps=1, step_size=0.3, norm="l2", restarts=4)
+    with torch.no_grad():
+        fooled_one = model(one).argmax(1) != y
+        fooled_many = model(many).argmax(1) != y
+        loss_one = F.cross_entropy(model(one), y, reduction="none")
+        loss_many = F.cross_entropy(model(many), y, reduction="none")
+    assert fooled_many.sum() >= fooled_one.sum()
+    # restart 1 is the same run as `one` (same seed): never worse for a still-robust sample
+    assert (loss_many[~fooled_many] >= loss_one[~fooled_many] - 1e-6).all()
+
+
+# ---- GAIRAT kappa ---------------------------------------------------------------------------
+
+def _kappa_reference(model, x, y, eps, steps, alpha):
+    """Slow per-sample PGD-linf with kappa, from the same uniform start (same RNG draw)."""
+    x0 = (x + (2 * torch.rand_like(x) - 1) * eps.view(-1, 1, 1, 1)).clamp(0, 1)
+    kappa, out = [], []
+    for i in range(len(x)):
+        xi, k = x0[i:i + 1].clone(), 0
+        for _ in range(steps):
+            xi.requires_grad_(True)
+            logits = model(xi)
+            k += int(logits.argmax(1).item() == y[i].item())
+            g, = torch.autograd.grad(F.cross_entropy(logits, y[i:i + 1]), xi)
+            xi = xi.detach() + alpha * eps[i] * g.sign()
+            xi = torch.min(torch.max(xi, x[i:i + 1] - eps[i]), x[i:i + 1] + eps[i]).clamp(0, 1)
+        kappa.append(k)
+        out.append(xi.detach())
+    return torch.tensor(kappa), torch.cat(out)
+
+
+def test_kappa_matches_reference_without_extra_forwards(tiny_cnn):
+    model = tiny_cnn(num_classes=3)
+    x = torch.rand(12, 1, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:2] = (y[:2] + 1) % 3  # two wrong labels: kappa can be 0
+    eps = torch.linspace(0.0, 0.5, 12)
+    calls = []
+    hook = model.register_forward_hook(lambda *a: calls.append(1))
+    torch.manual_seed(1)
+    x_adv, kappa = pgd(model, x, y, eps, steps=6, return_kappa=True)
+    hook.remove()
+    assert len(calls) == 6  # one forward per step, kappa read off those logits
+    torch.manual_seed(1)
+    ref_kappa, ref_x = _kappa_reference(model, x, y, eps, 6, 2.5 / 6)
+    assert kappa.dtype == torch.long
+    assert torch.equal(kappa, ref_kappa)
+    torch.testing.assert_close(x_adv, ref_x)
+    assert kappa[0] == 6 or y[0] != model(x[:1]).argmax(1)  # eps 0: stays correct
+    assert len(set(kappa.tolist())) >= 3  # the check is not vacuous
+
+
+# ---- DeepFool -------------------------------------------------------------------------------
+# Points sit near 0.5 with small linear-model distances, so the overshot step never reaches
+# the [0,1] box edges: clipping does not interfere (asserted: x_adv == x + delta).
+
+def _affine(d, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(d, k)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(k, d, generator=g))
+        lin.bias.copy_(torch.randn(k, generator=g) * 0.3)
+    return nn.Sequential(nn.Flatten(), lin).eval(), lin
+
+
+def test_deepfool_l2_equals_exact_distance_on_affine_multiclass():
+    model, lin = _affine(16, 5, 0)
+    x = 0.5 + 0.01 * torch.randn(20, 1, 4, 4)
+    with torch.no_grad():
+        z = model(x)
+    y = z.argmax(1)
+    w, b = lin.weight, lin.bias
+    with torch.no_grad():
+        gap = z.gather(1, y[:, None]) - z  # f_y - f_k >= 0
+        wn = (w[y][:, None, :] - w[None, :, :]).norm(dim=2)  # ||w_y - w_k||_2
+        dist = (gap / wn).masked_fill(F.one_hot(y, 5).bool(), float("inf"))
+        exact, nearest = dist.min(1)
+    res = deepfool(model, x, overshoot=0.02)
+    assert isinstance(res, DeepFoolResult)
+    assert torch.equal(res.x_adv, x + res.delta)  # clipping did not interfere
+    assert res.converged.all() and (res.iterations == 1).all()
+    expected = 1.02 * (exact + 1e-4 / wn.gather(1, nearest[:, None]).squeeze(1))  # reference code's +1e-4
+    torch.testing.assert_close(res.margin, expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(res.margin, flat_norm(res.delta, 2).flatten())
+    assert (model(res.x_adv).argmax(1) == nearest).all()  # crossed into the nearest class
+
+
+def test_deepfool_linf_equals_l1_dual_distance_on_binary():
+    model, lin = _affine(16, 2, 1)
+    x = 0.5 + 0.01 * torch.randn(20, 1, 4, 4)
+    with torch.no_grad():
+        z = model(x)
+    y = z.argmax(1)
+    w = (lin.weight[1] - lin.weight[0]).detach()
+    exact = (z[:, 1] - z[:, 0]).abs() / w.abs().sum()
+    res = deepfool(model, x, norm="linf")
+    assert torch.equal(res.x_adv, x + res.delta)
+    assert res.converged.all() and (res.iterations == 1).all()
+    torch.testing.assert_close(res.margin / 1.02, exact + 1e-4 / w.abs().sum(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(res.margin, res.delta.flatten(1).abs().amax(1))
+    assert (model(res.x_adv).argmax(1) != y).all()
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_deepfool_nonlinear_batched_and_one_forward_per_active_sample(norm):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    x = torch.rand(10, 1, 8, 8)
+    seen = []
+    hook = model.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    res = deepfool(model, x, norm=norm, steps=20)
+    hook.remove()
+    assert sum(seen) == int((res.iterations + 1).sum())  # each iteration forwards the active ones
+    assert seen == sorted(seen, reverse=True) and seen[0] == 10
+    with torch.no_grad():
+        clean, adv = model(x).argmax(1), model(res.x_adv).argmax(1)
+    assert torch.equal(adv != clean, res.converged)
+    assert res.converged.sum() >= 8
+    assert (res.iterations[res.converged] >= 1).all()
+    chunked = deepfool(model, x, norm=norm, steps=20, batch_size=3)
+    for a, b in zip(res, chunked):
+        torch.testing.assert_close(a, b)
+
+
+def test_deepfool_clipping_is_not_convergence():
+    model, _ = _affine(16, 2, 2)
+    x = torch.zeros(4, 1, 4, 4)
+    with torch.no_grad():  # the boundary lies far outside the box: unreachable
+        model[1].bias.copy_(torch.tensor([100.0, -100.0]))
+    res = deepfool(model, x, steps=3)
+    assert not res.converged.any() and (res.iterations == 3).all()
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+
+
+# ---- AutoAttack adapter ---------------------------------------------------------------------
+
+@pytest.fixture
+def aa_setup(tiny_cnn):
+    model = tiny_cnn(num_classes=10)
+    x = torch.rand(8, 1, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[0] = (y[0] + 1) % 10  # one clean error
+    return model, x, y
+
+
+def _check_result(model, x, y, res, eps):
+    assert isinstance(res, AutoAttackResult)
+    assert res.robust.dtype == torch.bool and res.robust.shape == (len(x),)
+    assert res.accuracy == pytest.approx(res.robust.float().mean().item())
+    assert (res.x_adv - x).abs().max() <= eps + 1e-6
+    assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+    with torch.no_grad():
+        assert torch.equal(res.robust, model(res.x_adv).argmax(1) == y)
+    assert not res.robust[0]
+
+
+def test_autoattack_custom_apgd_ce_restores_model_and_rng(aa_setup):
+    model, x, y = aa_setup
+    model.train()
+    modes, bn = _modes(model), _bn_state(model)
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    res = autoattack(model, x, y, eps=0.05, version="custom", attacks=["apgd-ce"], batch_size=4)
+    assert torch.equal(torch.rand(3), expected_next)  # pyautoattack's manual_seed did not leak
+    assert _modes(model) == modes
+    assert all(torch.equal(v, bn[k]) for k, v in _bn_state(model).items())
+    model.eval()
+    _check_result(model, x, y, res, 0.05)
+    again = autoattack(model, x, y, eps=0.05, version="custom", attacks=["apgd-ce"], batch_size=4)
+    assert torch.equal(again.x_adv, res.x_adv)  # seed=0: reproducible
+
+
+def test_autoattack_standard_small(aa_setup):
+    model, x, y = aa_setup
+    res = autoattack(model, x, y, eps=0.02, norm="linf", version="standard", batch_size=8)
+    _check_result(model, x, y, res, 0.02)
+    assert all(p.grad is None for p in model.parameters())  # FAB's backward left nothing
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_autoattack_state_file_resumes(aa_setup, tmp_path, monkeypatch):
+    import pyautoattack.autopgd_base as apgd
+
+    model, x, y = aa_setup
+    kw = dict(eps=0.05, version="custom", attacks=["apgd-ce", "apgd-t"], batch_size=8)
+    full = autoattack(model, x, y, **kw)
+    path = tmp_path / "aa_state.json"
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(apgd.APGDAttack_targeted, "perturb", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        autoattack(model, x, y, state_path=path, **kw)
+    state = json.loads(path.read_text())
+    assert state["done"] == ["apgd-ce"]
+    monkeypatch.undo()
+    monkeypatch.setattr(apgd.APGDAttack, "perturb", interrupt)  # APGD-CE must not run again
+    resumed = autoattack(model, x, y, state_path=path, **kw)
+    assert torch.equal(resumed.robust, full.robust)
+    assert json.loads(path.read_text())["done"] == ["apgd-ce", "apgd-t"]
+    with pytest.raises(ValueError, match="eps"):
+        autoattack(model, x, y, state_path=path, **{**kw, "eps": 0.1})
+
+
+def test_autoattack_rejects_bad_arguments(aa_setup):
+    model, x, y = aa_setup
+    with pytest.raises(ValueError, match="norm"):
+        autoattack(model, x, y, eps=0.1, norm="Linf")
+    with pytest.raises(ValueError, match="custom"):
+        autoattack(model, x, y, eps=0.1, version="custom")
+    with pytest.raises(ValueError, match="one eps"):
+        autoattack(model, x, y, eps=torch.linspace(0, 0.1, 8))
+
+
+def test_project_and_cw_margin_helpers():
+    x = torch.full((2, 1, 2, 2), 0.5)
+    out = project(x + 1.0, x, torch.tensor([0.1, 0.0]).view(-1, 1, 1, 1), "linf")
+    torch.testing.assert_close(out, torch.stack([x[0] + 0.1, x[1]]))
+    z = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 1.0]])
+    torch.testing.assert_close(cw_margin(z, torch.tensor([0, 2])), torch.tensor([-1.0, 4.0]))

@@ -1,0 +1,59 @@
+"""The command line: clear errors with exit code 2, no run directory marked complete."""
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from leanrobust.cli import app
+
+runner = CliRunner()
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optim:\n  epochz: 3\n")
+    r = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2
+    assert "optim.epochz: unknown key" in r.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_override_type(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}\n")
+    r = runner.invoke(app, ["train", str(cfg), "--set", "optim.batch_size=big", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and "optim.batch_size" in r.output
+
+
+def test_eval_refuses_a_pickle(tmp_path):
+    import pickle
+    (tmp_path / "model.safetensors").write_bytes(pickle.dumps({"a": 1}))
+    (tmp_path / "config.yaml").write_text("{}\n")
+    r = runner.invoke(app, ["eval", str(tmp_path), "--attacks", "pgd5", "--n", "10"])
+    assert r.exit_code == 2 and "safetensors" in r.output
+
+
+def test_eval_rejects_unknown_attack(tmp_path):
+    r = runner.invoke(app, ["eval", str(tmp_path), "--attacks", "pgd,deepfoo"])
+    assert r.exit_code == 2 and "unknown attack" in r.output
+
+
+@pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
+def test_train_then_eval_then_refuse_overwrite(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "progress: false\ndata: {train_subset: 128, val_size: 32}\nmodel: {width: 0.25}\n"
+        "objective: {name: fgsm_rs, eps: 0.1}\noptim: {epochs: 1, batch_size: 64}\n"
+        "validation: {n: 32, steps: 2}\neval: {n: 32, attacks: [pgd3]}\n")
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", str(cfg), "--out", str(run)])
+    assert r.exit_code == 0, r.output
+    assert "robust pgd3" in r.output
+    r = runner.invoke(app, ["eval", str(run), "--attacks", "pgd3,cw3", "--n", "32", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert set(res["robust_acc"]) == {"pgd3", "cw3"} and res["n"] == 32
+    r = runner.invoke(app, ["train", str(cfg), "--out", str(run)])
+    assert r.exit_code == 2 and "finished run" in r.output

@@ -1,0 +1,50 @@
+"""The config schema rejects what a user can get wrong, naming the key."""
+import pytest
+
+from leanrobust.config import ConfigError, dump_config, load_config, validate_config
+
+
+def test_defaults_and_overrides_round_trip(tmp_path):
+    cfg = load_config(None, ["objective.eps=0.2", "optim.milestones=[0.3, 0.6]", "data.selection=null"])
+    assert cfg.objective.eps == 0.2 and cfg.optim.milestones == [0.3, 0.6]
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("optim.epoch=3", "optim.epoch: unknown key"),
+    ("optim.epochs=abc", "optim.epochs"),
+    ("objective.name=madry", "objective.name"),
+    ("objective.eps=-1", "objective.eps"),
+    ("optim.milestones=[0.8, 0.2]", "optim.milestones"),
+    ("bogus=1", "bogus: unknown key"),
+])
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert needle in str(e.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    p = tmp_path / "list.yaml"
+    p.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["optim.epochs"])
+
+
+def test_npz_dataset_needs_path_and_classes():
+    with pytest.raises(ConfigError, match="npz"):
+        validate_config({"data": {"dataset": "npz"}})
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+    files = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert files
+    for f in files:
+        load_config(f)

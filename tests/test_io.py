@@ -1,0 +1,61 @@
+"""Weights only through safetensors, checkpoints only with weights_only loading."""
+import os
+import pickle
+
+import pytest
+import torch
+
+from leanrobust.io import WeightsError, atomic_write, load_checkpoint, load_weights, save_checkpoint, save_weights
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_weights_round_trip(tmp_path):
+    m = torch.nn.Linear(3, 2)
+    save_weights(tmp_path / "w.safetensors", m, {"k": "v"})
+    sd = load_weights(tmp_path / "w.safetensors")
+    assert torch.equal(sd["weight"], m.weight.detach())
+
+
+def test_pickle_where_weights_expected_is_refused(tmp_path):
+    p = tmp_path / "model.safetensors"
+    p.write_bytes(pickle.dumps({"weight": _Evil()}))
+    with pytest.raises(WeightsError, match="model.safetensors"):
+        load_weights(p)
+    import leanrobust
+    with pytest.raises(WeightsError):
+        leanrobust.load(p)
+
+
+def test_checkpoint_refuses_arbitrary_pickles(tmp_path):
+    p = tmp_path / "checkpoint.pt"
+    torch.save({"x": _Evil()}, p)
+    with pytest.raises(WeightsError, match="unsafe"):
+        load_checkpoint(p)
+    save_checkpoint(p, {"t": torch.arange(3), "n": 1, "s": "a", "l": [1.0]})
+    assert load_checkpoint(p)["n"] == 1
+
+
+def test_truncated_weights(tmp_path):
+    p = tmp_path / "w.safetensors"
+    save_weights(p, torch.nn.Linear(30, 20))
+    p.write_bytes(p.read_bytes()[:100])
+    with pytest.raises(WeightsError):
+        load_weights(p)
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    p = tmp_path / "f.txt"
+    p.write_text("old")
+
+    def boom(tmp):
+        tmp.write_text("partial")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(p, boom)
+    assert p.read_text() == "old"
+    assert [f.name for f in tmp_path.iterdir()] == ["f.txt"]

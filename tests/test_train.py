@@ -1,0 +1,134 @@
+"""End-to-end runs on a small real Fashion-MNIST subset: the run directory, resume, bad inputs."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from leanrobust.config import validate_config
+from leanrobust.io import load_checkpoint, load_weights
+from leanrobust.train import Trainer, resume
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
+
+
+def tiny_config(**over):
+    raw = {
+        "seed": 3, "progress": False, "threads": 2,
+        "data": {"dataset": "fashion_mnist", "train_subset": 256, "val_size": 64},
+        "model": {"name": "smallcnn", "width": 0.25},
+        "objective": {"name": "pgd_at", "eps": 0.1, "steps": 2},
+        "optim": {"epochs": 2, "batch_size": 64, "lr": 0.05, "schedule": "cosine"},
+        "validation": {"n": 64, "steps": 2},
+        "eval": {"n": 64, "attacks": ["pgd5"], "batch_size": 64},
+    }
+    for k, v in over.items():
+        node = raw
+        *path, last = k.split(".")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = v
+    return validate_config(raw)
+
+
+@needs_fmnist
+def test_one_epoch_run_writes_every_file(tmp_path):
+    cfg = tiny_config(**{"optim.epochs": 1, "eval.attacks": ["pgd5", "cw5", "autoattack"], "eval.autoattack_n": 8,
+                         "eval.autoattack_version": "fast"})
+    summary = Trainer(cfg, tmp_path).fit()
+    for f in ["config.yaml", "metrics.jsonl", "model.safetensors", "checkpoint.pt", "summary.json"]:
+        assert (tmp_path / f).is_file(), f
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk["status"] == "complete"
+    assert set(on_disk["robust_acc"]) == {"pgd5", "cw5", "autoattack"}
+    assert 0.0 <= on_disk["clean_acc"] <= 1.0
+    assert on_disk["n_train"] == 256 and on_disk["samples_seen"] == 256
+    # PGD-2 training: each sample costs 2 attack passes + 1 update pass (all with grad)
+    assert on_disk["grad_evals"] == 256 * 3
+    assert on_disk["train_seconds"] > 0 and on_disk["config"]["objective"]["name"] == "pgd_at"
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and {"val_clean", "val_robust", "images_per_s"} <= set(rows[0])
+    import leanrobust
+    model = leanrobust.load(tmp_path)
+    assert not model.training
+    x = torch.rand(2, 1, 28, 28)
+    assert model(x).shape == (2, 10)
+
+
+@needs_fmnist
+@pytest.mark.parametrize("objective,ema", [("trades", None), ("pgd_at", 0.9)])
+def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, objective, ema):
+    cfg = tiny_config(**{"objective.name": objective, "optim.ema_tau": ema, "eval.attacks": []})
+    full = Trainer(cfg, tmp_path / "full").fit()
+    assert Trainer(cfg, tmp_path / "cut").fit(stop_after_epoch=1) is None
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
+    resumed = resume(tmp_path / "cut")
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    wa, wb = load_weights(tmp_path / "full" / "model.safetensors"), load_weights(tmp_path / "cut" / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert full["grad_evals"] == resumed["grad_evals"] and full["samples_seen"] == resumed["samples_seen"]
+    assert full["clean_acc"] == resumed["clean_acc"]
+
+
+@needs_fmnist
+def test_selection_sets_subset_eps_and_weight(tmp_path):
+    from leanrobust.selection import Selection
+    sel = Selection(torch.arange(0, 200, 2), torch.ones(100), torch.full((100,), 0.05))
+    sel.save(tmp_path / "sel.npz")
+    cfg = tiny_config(**{"optim.epochs": 1, "data.selection": str(tmp_path / "sel.npz"), "eval.attacks": []})
+    summary = Trainer(cfg, tmp_path / "run").fit()
+    assert summary["n_train"] == 100 and summary["samples_seen"] == 100
+
+
+def _write_npz(path, images, labels):
+    np.savez(path, image=images, label=labels)
+
+
+@pytest.mark.parametrize("problem,needle", [
+    ("wrong_keys", "label"),
+    ("label_range", "label"),
+    ("nan", "finite"),
+    ("truncated", "train.npz"),
+])
+def test_bad_npz_gives_clear_error_and_no_finished_run(tmp_path, problem, needle):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8)
+    labels = rng.integers(0, 10, 64)
+    path = tmp_path / "train.npz"
+    if problem == "wrong_keys":
+        np.savez(path, images=images, labels=labels)
+    elif problem == "label_range":
+        _write_npz(path, images, labels + 10)
+    elif problem == "nan":
+        bad = images.astype(np.float32) / 255
+        bad[0, 0, 0, 0] = np.nan
+        _write_npz(path, bad, labels)
+    else:
+        _write_npz(path, images, labels)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    cfg = tiny_config(**{"data.dataset": "npz", "data.path": str(path), "data.test_path": str(path),
+                         "data.num_classes": 10, "data.train_subset": None, "data.val_size": 8})
+    with pytest.raises(ValueError) as e:
+        Trainer(cfg, tmp_path / "run").fit()
+    assert needle in str(e.value) and "train.npz" in str(e.value)
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_npz_dataset_trains(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.arange(120) % 3
+    images = (rng.integers(0, 60, (120, 28, 28, 3)) + 60 * labels[:, None, None, None]).astype(np.uint8)
+    _write_npz(tmp_path / "d.npz", images, labels)
+    cfg = tiny_config(**{"data.dataset": "npz", "data.path": str(tmp_path / "d.npz"),
+                         "data.test_path": str(tmp_path / "d.npz"), "data.num_classes": 3,
+                         "data.train_subset": None, "data.val_size": 12, "optim.epochs": 1,
+                         "model.name": "smallcnn", "validation.n": 12})
+    summary = Trainer(cfg, tmp_path / "run").fit()
+    assert summary["n_train"] == 108
