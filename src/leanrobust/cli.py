@@ -115,6 +115,16 @@ def _print_summary(summary: Optional[dict], run_dir: Path) -> None:
                f"{summary['samples_seen']:,} samples seen")
 
 
+def _register_commands() -> None:
+    """Method-specific commands live beside their methods, one module per area."""
+    from . import cli_compress
+
+    cli_compress.register(app)
+
+
+_register_commands()
+
+
 def main() -> None:  # pragma: no cover
     app()
 

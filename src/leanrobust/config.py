@@ -26,6 +26,8 @@ class DataConfig(_Strict):
     download: bool = True
     train_subset: Optional[int] = Field(None, ge=1, description="class-balanced random subset of the real training set")
     val_size: int = Field(1000, ge=0, description="held-out real training images for model selection")
+    pool: Optional[str] = Field(None, description="npz that replaces the real training pool (e.g. DM-condensed "
+                                                 "images); validation still comes from the dataset's training split")
     generated: Optional[str] = Field(None, description="npz of generated images mixed into every batch")
     gen_fraction: float = Field(0.7, ge=0.0, le=1.0, description="generated share of each batch (Wang et al. 2023)")
     selection: Optional[str] = Field(None, description="Selection npz (indices, weight, eps) over the training pool")

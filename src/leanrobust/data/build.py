@@ -54,6 +54,9 @@ def build_training_data(cfg: DataConfig, seed: int) -> TrainingData:
     if cfg.train_subset is not None and cfg.train_subset + cfg.val_size < len(real):
         real = split_validation(real, cfg.train_subset + cfg.val_size, seed)[1]  # a stratified random subset
     train, val = split_validation(real, cfg.val_size, seed)
+    if cfg.pool:
+        p_images, p_labels = load_npz(cfg.pool, num_classes=info.num_classes)
+        train = Pool(p_images, p_labels, torch.zeros(p_labels.numel(), dtype=torch.uint8), info.num_classes)
     n_real = len(train)
     if cfg.generated:
         g_images, g_labels = load_npz(cfg.generated, num_classes=info.num_classes)

@@ -1,0 +1,88 @@
+"""Resumable benchmark tables: one JSON line per finished row, appended as soon as the row is
+done; rows already in the file are skipped on restart, and an interrupted training row resumes
+from its run directory's checkpoint. Every row records the device it ran on."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from leanrobust.config import load_config
+from leanrobust.train import Trainer
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def device_label(device: str = "auto") -> str:
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name(0)}"
+    return f"cpu:{os.cpu_count()} cores ({platform.machine()})"
+
+
+def done_rows(path: Path) -> dict[str, dict]:
+    if not path.exists():
+        return {}
+    rows = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["name"]] = row
+    return rows
+
+
+def append_row(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def run_row(table: str, name: str, config: str | Path, overrides: list[str], *, runs_dir: Path,
+            prepare: Optional[Callable[[Path], tuple[list[str], dict]]] = None) -> dict:
+    """Train + evaluate one row. `prepare(row_dir) -> (extra overrides, info)` runs first (e.g. a
+    selection or compression step); its wall time is added to the row's total seconds."""
+    row_dir = runs_dir / table / name
+    row_dir.mkdir(parents=True, exist_ok=True)
+    info: dict = {}
+    prep_seconds = 0.0
+    if prepare is not None:
+        t0 = time.perf_counter()
+        extra, info = prepare(row_dir)
+        prep_seconds = time.perf_counter() - t0
+        overrides = overrides + extra
+    cfg = load_config(config, overrides + [f"name={name}"])
+    run = row_dir / "run"
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() \
+        else Trainer(cfg, run).fit()
+    return {"name": name, "table": table, "device": device_label(cfg.device), "overrides": overrides,
+            "clean_acc": summary["clean_acc"], "robust_acc": summary["robust_acc"],
+            "eval": summary["eval"], "train_seconds": summary["train_seconds"],
+            "prepare_seconds": prep_seconds, "total_seconds": summary["train_seconds"] + prep_seconds,
+            "grad_evals": summary["grad_evals"], "samples_seen": summary["samples_seen"],
+            "n_train": summary["n_train"], "info": info, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def run_table(table: str, rows: list[dict], *, runs_dir: Path = Path("runs/bench"),
+              only: Optional[list[str]] = None) -> list[dict]:
+    """rows: dicts with name, config, overrides (list of key=value) and optional prepare."""
+    path = RESULTS / f"{table}.jsonl"
+    finished = done_rows(path)
+    for r in rows:
+        if r["name"] in finished or (only and r["name"] not in only):
+            continue
+        print(f"[{table}] running {r['name']}", flush=True)
+        row = run_row(table, r["name"], r["config"], list(r.get("overrides", [])), runs_dir=runs_dir,
+                      prepare=r.get("prepare"))
+        append_row(path, row)
+        finished[row["name"]] = row
+    return [finished[r["name"]] for r in rows if r["name"] in finished]
+
+
+def pct(x: Optional[float]) -> str:
+    return "-" if x is None else f"{100 * x:.2f}"

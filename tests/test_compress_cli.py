@@ -1,0 +1,71 @@
+"""`leanrobust compress`: every method writes something `train` accepts; bad budgets fail clearly."""
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from leanrobust.cli import app
+from leanrobust.config import validate_config
+from leanrobust.selection import Selection
+from leanrobust.train import Trainer
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.arange(90) % 3
+    images = (rng.integers(0, 80, (90, 28, 28, 1)) + 80 * labels[:, None, None, None]).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", image=images, label=labels)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"progress: false\ndata: {{dataset: npz, path: {tmp_path / 'd.npz'}, test_path: {tmp_path / 'd.npz'}, "
+                   "num_classes: 3, val_size: 9}\nmodel: {width: 0.25}\nobjective: {eps: 0.05, steps: 2}\n"
+                   "optim: {epochs: 1, batch_size: 16}\nvalidation: {n: 9, steps: 2}\neval: {n: 9, attacks: [pgd2]}\n")
+    return cfg
+
+
+@pytest.mark.parametrize("args", [["mfc", "--ipc", "4"], ["mfc", "--radius", "0.8"],
+                                  ["mfc", "--ipc", "4", "--metric", "l2", "--plain-eps"],
+                                  ["random", "--fraction", "0.2"], ["kcenter", "--ipc", "5"]])
+def test_selection_methods_write_a_trainable_selection(tiny_cfg, tmp_path, args):
+    out = tmp_path / "sel.npz"
+    r = runner.invoke(app, ["compress", str(tiny_cfg), "--method", *args, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    sel = Selection.load(out)
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["k"] == len(sel) and report["n_pool"] == 81
+    if args[0] == "mfc" and "--plain-eps" not in args:
+        etas = {c["label"]: c["eta"] for c in report["classes"]}
+        assert max(etas.values()) > 0 and (sel.eps >= 0.05).all() and (sel.eps > 0.05).any()
+        assert abs(float(sel.weight.mean()) - 1.0) < 1e-5
+    else:
+        assert (sel.eps == 0.05).all()
+    import yaml
+    cfg = validate_config({**yaml.safe_load(tiny_cfg.read_text()), "data": {
+        **yaml.safe_load(tiny_cfg.read_text())["data"], "selection": str(out)}})
+    summary = Trainer(cfg, tmp_path / "run").fit()
+    assert summary["n_train"] == len(sel)
+
+
+def test_dm_writes_a_pool_that_train_accepts(tiny_cfg, tmp_path):
+    out = tmp_path / "dm.npz"
+    r = runner.invoke(app, ["compress", str(tiny_cfg), "--method", "dm", "--ipc", "2", "--iterations", "2",
+                            "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", str(tiny_cfg), "--set", f"data.pool={out}", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["n_train"] == 6
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["mfc", "--ipc", "0"], "ipc"), (["random", "--ipc", "1000"], "more than the data"),
+    (["mfc", "--radius", "-1"], "radius"), (["kcenter"], "exactly one"),
+    (["mfc", "--ipc", "3", "--fraction", "0.1"], "exactly one"), (["dm"], "--ipc"),
+    (["mfc", "--ipc", "3", "--metric", "l2"], "metric"), (["bogus", "--ipc", "3"], "--method"),
+])
+def test_bad_budgets_give_clear_errors(tiny_cfg, tmp_path, args, needle):
+    r = runner.invoke(app, ["compress", str(tiny_cfg), "--method", *args, "--out", str(tmp_path / "x.npz")])
+    assert r.exit_code == 2 and needle in r.output, r.output
+    assert not (tmp_path / "x.npz").exists()
