@@ -14,7 +14,8 @@ from leanrobust.objectives.mail import mail_weights
 from leanrobust.objectives.mart import mart_per_sample
 from leanrobust.objectives.trades import trades_per_sample
 
-NAMES = ["erm", "pgd_at", "trades", "mart", "fgsm_rs", "gair_at", "gair_trades", "mail_at"]
+NAMES = ["erm", "pgd_at", "trades", "mart", "fgsm_rs", "gair_at", "gair_trades", "mail_at", "gaussian_noise",
+         "bullet_pgd_at", "bullet_trades"]
 # Tiny attacks; epoch/num_epochs put the reweighting methods past their burn-in (gair_trades at
 # lambda 3, so its CW branch runs).
 HP = dict(steps=3, epoch=9, num_epochs=10)

@@ -132,3 +132,37 @@ def test_npz_dataset_trains(tmp_path):
                          "model.name": "smallcnn", "validation.n": 12})
     summary = Trainer(cfg, tmp_path / "run").fit()
     assert summary["n_train"] == 108
+
+
+@needs_fmnist
+def test_generated_pool_is_mixed_at_the_configured_fraction(tmp_path):
+    rng = np.random.default_rng(1)
+    _write_npz(tmp_path / "gen.npz", rng.integers(0, 256, (500, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 500))
+    cfg = tiny_config(**{"optim.epochs": 1, "data.generated": str(tmp_path / "gen.npz"), "data.gen_fraction": 0.5,
+                         "objective.name": "gaussian_noise", "objective.params": {"sigma": 0.25},
+                         "eval.attacks": [], "validation.select": "clean"})
+    tr = Trainer(cfg, tmp_path / "run")
+    assert len(tr.pool) == 256 + 500 and int(tr.pool.is_generated.sum()) == 500
+    batches = tr.sampler.epoch(0, cfg.seed)
+    gen_share = [float(tr.pool.is_generated[tr.sel_indices[b]].float().mean()) for b in batches]
+    assert gen_share == [0.5] * len(batches)
+    summary = tr.fit()
+    # an epoch is the real set's size over the real images per batch (Wang et al. 2023)
+    assert summary["samples_seen"] == (256 // 32) * 64 and summary["n_real"] == 256
+    assert summary["grad_evals"] == summary["samples_seen"]  # noise training: one pass per sample
+
+
+@needs_fmnist
+def test_dynamic_selection_from_config_counts_its_passes(tmp_path):
+    cfg = tiny_config(**{"selection.method": "loss", "selection.fraction": 0.5, "selection.every": 1,
+                         "eval.attacks": []})
+    summary = Trainer(cfg, tmp_path / "run").fit()
+    assert summary["n_train"] == 128 and summary["samples_seen"] == 2 * 128
+    training_passes = 2 * 128 * 3  # PGD-2 + update, per kept sample and epoch
+    assert summary["grad_evals"] > training_passes  # the scoring attacks on all 256 are counted too
+    resumed_cfg = tiny_config(**{"selection.method": "loss", "selection.fraction": 0.5, "selection.every": 1,
+                                 "eval.attacks": []})
+    tr = Trainer(resumed_cfg, tmp_path / "cut")
+    tr.fit(stop_after_epoch=1)
+    again = resume(tmp_path / "cut")
+    assert again["grad_evals"] == summary["grad_evals"] and again["clean_acc"] == summary["clean_acc"]

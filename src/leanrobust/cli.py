@@ -117,9 +117,11 @@ def _print_summary(summary: Optional[dict], run_dir: Path) -> None:
 
 def _register_commands() -> None:
     """Method-specific commands live beside their methods, one module per area."""
-    from . import cli_compress
+    from . import cli_compress, cli_proxy, cli_selection
 
+    cli_selection.register(app)
     cli_compress.register(app)
+    cli_proxy.register(app)
 
 
 _register_commands()

@@ -15,7 +15,7 @@ METHODS = ("mfc", "dm", "random", "kcenter")
 
 def compress(config: Optional[Path], method: str, *, ipc: Optional[int] = None, fraction: Optional[float] = None,
              radius: Optional[float] = None, metric: Optional[str] = None, solver: str = "auto",
-             plain_eps: bool = False, iterations: int = 1000, overrides: Optional[List[str]] = None,
+             plain_eps: bool = False, iterations: int = 1000, batch_real: int = 256, overrides: Optional[List[str]] = None,
              out: Path, device: str = "cpu") -> dict:
     """Compress the config's training pool; returns a JSON-able report (also written to OUT.json)."""
     from .config import load_config
@@ -55,7 +55,7 @@ def compress(config: Optional[Path], method: str, *, ipc: Optional[int] = None, 
     else:
         if ipc is None:
             raise ValueError("--method dm needs --ipc (synthetic images per class)")
-        imgs, labs, history = dm_condense(images, labels, ipc=ipc, iterations=iterations, seed=cfg.seed,
+        imgs, labs, history = dm_condense(images, labels, ipc=ipc, iterations=iterations, batch_real=batch_real, seed=cfg.seed,
                                           device=device)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp.npz")
@@ -82,6 +82,7 @@ def register(app: typer.Typer) -> None:
                      solver: str = typer.Option("auto", help="MFC: auto | greedy | milp | lp_milp"),
                      plain_eps: bool = typer.Option(False, "--plain-eps", help="MFC: attack centres at eps, not eps + eta"),
                      iterations: int = typer.Option(1000, help="DM: optimisation steps"),
+                     batch_real: int = typer.Option(256, help="DM: real images per class per step"),
                      set_: Optional[List[str]] = typer.Option(None, "--set", help="config override key=value"),
                      out: Path = typer.Option(..., "--out", help="output .npz"),
                      device: str = typer.Option("cpu")) -> None:
@@ -90,7 +91,7 @@ def register(app: typer.Typer) -> None:
 
         try:
             rep = compress(config, method, ipc=ipc, fraction=fraction, radius=radius, metric=metric, solver=solver,
-                           plain_eps=plain_eps, iterations=iterations, overrides=set_, out=out, device=device)
+                           plain_eps=plain_eps, iterations=iterations, batch_real=batch_real, overrides=set_, out=out, device=device)
         except KNOWN_ERRORS as e:
             _fail(e)
         typer.echo(f"{method}: kept {rep['k']} of {rep['n_pool']} in {rep['seconds']:.1f}s -> {out} "

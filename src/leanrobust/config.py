@@ -45,7 +45,8 @@ class ModelConfig(_Strict):
 
 
 class ObjectiveConfig(_Strict):
-    name: Literal["erm", "pgd_at", "trades", "mart", "fgsm_rs", "gair_at", "gair_trades", "mail_at"] = "pgd_at"
+    name: Literal["erm", "pgd_at", "trades", "mart", "fgsm_rs", "gair_at", "gair_trades", "mail_at",
+                  "gaussian_noise", "bullet_pgd_at", "bullet_trades"] = "pgd_at"
     norm: Literal["linf", "l2"] = "linf"
     eps: float = Field(0.1, ge=0.0)
     steps: int = Field(10, ge=1)
@@ -81,7 +82,9 @@ class SelectionConfig(_Strict):
     """Which pool samples train, how much each counts and how hard each is attacked (issue: data selection)."""
     method: str = Field("none", description="none, or a scorer/selector name (see `leanrobust select --help`)")
     fraction: float = Field(1.0, gt=0.0, le=1.0, description="share of the pool kept")
-    prune: Literal["highest", "lowest"] = Field("highest", description="which scores are removed")
+    prune: Literal["auto", "highest", "lowest"] = Field(
+        "auto", description="which scores are removed; auto: the method's own end (margin/kappa/puma: highest, "
+                            "loss/el2n/grand/pm/forgetting: lowest)")
     class_balanced: bool = True
     every: Optional[int] = Field(None, ge=1, description="re-select every R epochs (dynamic); None: once, before training")
     start_epoch: int = Field(0, ge=0, description="train on the full pool before the first selection")

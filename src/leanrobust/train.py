@@ -84,7 +84,11 @@ class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: str | Path, *, on_epoch_start: Optional[Callable] = None):
         self.cfg = cfg
         self.dir = Path(run_dir)
-        self.on_epoch_start = on_epoch_start  # hook for dynamic re-selection (trainer, epoch) -> Selection | None
+        if on_epoch_start is None and cfg.selection.method != "none":
+            from .selection.dynamic import make_selection_hook
+
+            on_epoch_start = make_selection_hook(cfg)
+        self.on_epoch_start = on_epoch_start  # (trainer, epoch) -> Selection | None: static or dynamic selection
         self.device = resolve_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)

@@ -1,0 +1,187 @@
+"""The `leanrobust score` and `leanrobust select` commands: per-sample scores of a config's training
+pool written to an npz, and a Selection (pruning or PUMA) made from such a file."""
+from __future__ import annotations
+
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import typer
+
+SCORE_KEYS = ("scores", "labels", "indices")
+
+
+def _parse_params(items: Optional[List[str]]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--param {item!r} is not of the form key=value")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            out[k.strip()] = v
+    return out
+
+
+def write_scores(path: Path, scores, labels, indices, is_generated, meta: dict) -> None:
+    """npz without pickles: scores float32, labels int64, indices int64 (pool indices),
+    is_generated bool, meta (a JSON string: method, eps, norm, ...), method (string)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, scores=np.asarray(scores, np.float32), labels=np.asarray(labels, np.int64),
+             indices=np.asarray(indices, np.int64), is_generated=np.asarray(is_generated, bool),
+             meta=np.array(json.dumps(meta)), method=np.array(str(meta.get("method", ""))))
+    tmp.replace(path)
+
+
+def read_scores(path: Path) -> tuple[dict, dict]:
+    """(arrays, meta) of a scores npz; ValueError naming the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such scores file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in SCORE_KEYS if k not in z.files]
+            if missing:
+                raise ValueError(f"{path}: not a scores file, missing keys {missing}")
+            arrays = {k: z[k] for k in z.files if k not in ("meta", "method")}
+            meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+    except (OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read scores npz ({e})") from e
+    n = arrays["scores"].shape[0]
+    for k in ("labels", "indices"):
+        if arrays[k].shape != (n,):
+            raise ValueError(f"{path}: {k} has shape {arrays[k].shape}, expected ({n},)")
+    return arrays, meta
+
+
+def _warmup_model(cfg, epochs: int):
+    """Train the first `epochs` epochs of cfg (optim.epochs = epochs, full pool) in memory."""
+    from .train import Trainer
+
+    raw = cfg.model_dump()
+    raw["optim"]["epochs"] = epochs
+    raw["selection"]["method"] = "none"
+    raw["data"]["selection"] = None
+    from .config import validate_config
+
+    wcfg = validate_config(raw, "warm-up")
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(wcfg, tmp)
+        for e in range(epochs):
+            trainer.train_epoch(e)
+    return trainer.model, trainer.pool, trainer.device
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `score` and `select` commands to the leanrobust app."""
+    from .cli import KNOWN_ERRORS, _fail
+
+    @app.command()
+    def score(config: Path = typer.Argument(..., help="YAML experiment file (its data section defines the pool)"),
+              method: str = typer.Option(..., "--method", help="margin, kappa, loss, el2n, grand, pm, random"),
+              out: Path = typer.Option(..., "--out", help="scores .npz to write"),
+              model: Optional[Path] = typer.Option(None, "--model", help="run directory or model.safetensors"),
+              warmup_epochs: int = typer.Option(0, "--warmup-epochs", min=0,
+                                                help="without --model: train this many epochs of the config first"),
+              set_: Optional[List[str]] = typer.Option(None, "--set", help="config override, e.g. objective.eps=0.2"),
+              param: Optional[List[str]] = typer.Option(None, "--param", help="scorer parameter, e.g. adversarial=true"),
+              batch_size: int = typer.Option(256, min=1),
+              ) -> None:
+        """Score every sample of the config's training pool (real then generated) with a model."""
+        from . import load
+        from .config import load_config
+        from .data.build import build_training_data
+        from .selection.scores import SCORERS, compute_scores
+        from .train import resolve_device
+
+        try:
+            cfg = load_config(config, set_ or [])
+            if method not in SCORERS:
+                raise ValueError(f"unknown score method {method!r}; expected one of: {', '.join(SCORERS)}")
+            if method == "forgetting":
+                raise ValueError("forgetting events are counted during training; use selection.method "
+                                 "'forgetting' in the config instead of `leanrobust score`")
+            params = _parse_params(param)
+            dev = resolve_device(cfg.device)
+            net = None
+            if model is not None:
+                if warmup_epochs:
+                    raise ValueError("give either --model or --warmup-epochs, not both")
+                net = load(model, device=str(dev))
+                pool = build_training_data(cfg.data, cfg.seed).pool
+                model_desc = str(model)
+            elif warmup_epochs:
+                net, pool, dev = _warmup_model(cfg, warmup_epochs)
+                model_desc = f"warm-up {warmup_epochs} epochs"
+            elif SCORERS[method].model:
+                raise ValueError(f"score method {method!r} needs a model: pass --model RUN_DIR or --warmup-epochs E")
+            else:
+                pool = build_training_data(cfg.data, cfg.seed).pool
+                model_desc = None
+            o = cfg.objective
+            scores = compute_scores(net, pool.images, pool.labels, method, eps=o.eps, norm=o.norm, steps=o.steps,
+                                    batch_size=batch_size, device=dev, seed=cfg.seed, **params)
+            meta = {"method": method, "eps": o.eps, "norm": o.norm, "steps": o.steps, "params": params,
+                    "model": model_desc, "config": str(config), "seed": cfg.seed, "n": len(pool),
+                    "high": SCORERS[method].high}
+            write_scores(out, scores, pool.labels.cpu().numpy(), np.arange(len(pool)),
+                         pool.is_generated.cpu().numpy(), meta)
+        except KNOWN_ERRORS as e:
+            _fail(e)
+        typer.echo(f"wrote {out}: {len(scores)} {method} scores (mean {float(np.mean(scores)):.4g}, "
+                   f"min {float(np.min(scores)):.4g}, max {float(np.max(scores)):.4g})")
+
+    @app.command()
+    def select(scores_path: Path = typer.Argument(..., metavar="SCORES.npz", help="file written by `leanrobust score`"),
+               fraction: float = typer.Option(..., "--fraction", help="share of the scored samples kept, in (0, 1]"),
+               out: Path = typer.Option(..., "--out", help="Selection .npz to write (data.selection of a config)"),
+               prune: str = typer.Option("highest", "--prune", help="highest or lowest: which scores are removed"),
+               class_balanced: bool = typer.Option(True, "--class-balanced/--global",
+                                                   help="keep per class in proportion to class sizes"),
+               puma: bool = typer.Option(False, "--puma", help="PUMA: scores are margins; prune the highest and "
+                                         "lower eps on the q lowest kept"),
+               q: float = typer.Option(0.1, "--q", help="PUMA: share of the kept set with lowered eps"),
+               floor: float = typer.Option(0.0, "--floor", help="PUMA: smallest eps"),
+               scale: float = typer.Option(1.0, "--scale", help="PUMA: eps_i = clip(scale * margin_i, floor, eps)"),
+               eps: Optional[float] = typer.Option(None, "--eps", help="training eps (default: the scores' eps)"),
+               ) -> None:
+        """Make a Selection (indices, weight, eps) from a scores file."""
+        from .selection.pruning import select_by_score
+        from .selection.puma import puma_selection
+        from .selection.selection import Selection
+
+        try:
+            arrays, meta = read_scores(scores_path)
+            base_eps = eps if eps is not None else meta.get("eps")
+            if base_eps is None:
+                raise ValueError(f"{scores_path} records no eps; pass --eps (the training radius)")
+            s, y = arrays["scores"], arrays["labels"]
+            if puma:
+                if meta.get("method") not in (None, "margin"):
+                    raise ValueError(f"--puma needs margin scores, {scores_path} holds {meta.get('method')!r}")
+                if prune != "highest":
+                    raise ValueError("--puma always prunes the highest margins; drop --prune lowest")
+                sel = puma_selection(s, y, fraction=fraction, eps=float(base_eps), q=q, floor=floor, scale=scale,
+                                     class_balanced=class_balanced)
+            else:
+                sel = select_by_score(s, y, fraction=fraction, prune=prune, class_balanced=class_balanced,
+                                      eps=float(base_eps))
+            pool_idx = arrays["indices"][sel.indices.numpy()]
+            import torch
+
+            order = np.argsort(pool_idx, kind="stable")
+            final = Selection(torch.from_numpy(pool_idx[order]), sel.weight[order], sel.eps[order])
+            final.save(out)
+        except KNOWN_ERRORS as e:
+            _fail(e)
+        lowered = int((final.eps < float(base_eps)).sum())
+        typer.echo(f"wrote {out}: {len(final)} of {len(s)} samples"
+                   + (f", {lowered} with eps < {base_eps:g}" if puma else ""))

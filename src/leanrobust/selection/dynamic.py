@@ -1,0 +1,144 @@
+"""Static and dynamic data selection during training (Li et al. 2023): a Trainer on_epoch_start
+hook that scores the pool with the model being trained and returns a new Selection on schedule."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from .gradmatch import gradmatch_selection
+from .pruning import PRUNE_MODES, select_by_score
+from .puma import puma_selection
+from .scores import SCORERS, ForgettingTracker, compute_scores, correctness
+from .selection import Selection
+
+# Which end of each score is pruned when the config leaves it to the method (prune None or "auto"):
+# margin / kappa are high for easy (far from the boundary, robust) samples -> prune highest (PUMA's
+# prune-easy); loss / el2n / grand / pm / forgetting are high for hard samples -> prune lowest, i.e.
+# keep the hardest, the choice of loss-based dynamic pruning for speed (the easy samples teach the
+# least per pass). random: irrelevant. puma always prunes the highest margins; gradmatch has no score.
+DEFAULT_PRUNE = {"random": "highest", "margin": "highest", "kappa": "highest", "loss": "lowest", "el2n": "lowest",
+                 "grand": "lowest", "pm": "lowest", "forgetting": "lowest", "puma": "highest", "gradmatch": None}
+METHODS = tuple(DEFAULT_PRUNE)
+
+_SCORE_PARAMS = {m: set(SCORERS[m].params) - {"tracker"} for m in SCORERS}
+_SELECTOR_PARAMS = {"puma": {"q", "floor", "scale", "deepfool_steps", "overshoot", "signed", "deepfool_candidates"},
+                    "gradmatch": {"match_batch", "lam", "atoms_per_step", "adversarial"}}
+_COMMON = {"batch_size", "steps"}
+
+
+def allowed_params(method: str) -> set[str]:
+    """selection.params keys a method accepts: its scorer's or selector's, plus batch_size (scoring
+    batch) and steps (PGD steps for scoring, default the objective's)."""
+    return _COMMON | _SCORE_PARAMS.get(method, set()) | _SELECTOR_PARAMS.get(method, set())
+
+
+def resolve_prune(method: str, prune: Optional[str]) -> str:
+    """The config's prune when it is 'highest'/'lowest'; None or 'auto' -> DEFAULT_PRUNE[method]."""
+    if prune in PRUNE_MODES:
+        return prune
+    if prune in (None, "auto"):
+        return DEFAULT_PRUNE[method] or "highest"
+    raise ValueError(f"selection.prune must be 'highest', 'lowest' or 'auto', got {prune!r}")
+
+
+def selection_epochs(start_epoch: int, every: Optional[int], epochs: int) -> list[int]:
+    """Epochs (0-based, counted before training them) at which a new selection is made."""
+    if start_epoch >= epochs:
+        return []
+    return [start_epoch] if every is None else list(range(start_epoch, epochs, every))
+
+
+def _is_full(sel: Selection, n: int, eps: float) -> bool:
+    return (len(sel) == n and bool((sel.indices == torch.arange(n)).all()) and bool((sel.weight == 1).all())
+            and bool((sel.eps == torch.tensor(float(eps), dtype=torch.float32)).all()))
+
+
+def make_selection_hook(cfg: RunConfig) -> Callable:
+    """Trainer on_epoch_start hook for cfg.selection (method, fraction, prune, class_balanced,
+    every, start_epoch, params). Pass it as Trainer(cfg, run_dir, on_epoch_start=hook).
+
+    Schedule: epochs before start_epoch train on the full pool (a full Selection is returned when
+    the trainer holds anything else); a new selection at start_epoch, and with `every` = R every R
+    epochs after it (dynamic); otherwise None (keep the current one, so a resumed run keeps its
+    checkpointed selection). Scoring uses trainer.model, so its passes are counted by the
+    trainer's PassCounter, and the trainer times the hook inside the epoch (train_seconds).
+    Scores use the objective's eps, norm, steps and step_size (params.steps overrides the steps).
+
+    Methods: random, margin, kappa, loss, el2n, grand, pm (scores.py, then select_by_score with
+    cfg.selection.prune, or DEFAULT_PRUNE when prune is None/'auto'), puma (margins -> puma_selection,
+    params q, floor, scale), gradmatch (adversarial GRAD-MATCH, params match_batch, lam,
+    atoms_per_step, adversarial), forgetting. A hook cannot see the training batches, so forgetting
+    is observed here: at the start of every epoch while a selection is still to come, one no-grad
+    clean forward over the pool (counted as forward_evals) updates a ForgettingTracker; it needs
+    start_epoch >= 2 (two observations). Only the passes a method needs are made. The Selection's
+    eps is trainer.cfg.objective.eps (PUMA lowers some), weights 1 except gradmatch's.
+    The returned hook has .calls (epochs where it returned a new Selection) and .last_scores."""
+    sc = cfg.selection
+    method = sc.method
+    if method == "none":
+        def inactive(trainer, epoch):
+            return None
+        inactive.calls, inactive.last_scores = [], None
+        return inactive
+    if method not in METHODS:
+        raise ValueError(f"unknown selection.method {method!r}; expected 'none' or one of: {', '.join(METHODS)}")
+    params = dict(sc.params)
+    bad = set(params) - allowed_params(method)
+    if bad:
+        raise ValueError(f"selection.params {sorted(bad)} not accepted by method {method!r}; "
+                         f"accepted: {sorted(allowed_params(method))}")
+    if method == "forgetting" and sc.start_epoch < 2:
+        raise ValueError("selection.method 'forgetting' needs selection.start_epoch >= 2: forgetting events "
+                         "are counted from the epochs trained before the selection")
+    prune = resolve_prune(method, sc.prune)
+    epochs = selection_epochs(sc.start_epoch, sc.every, cfg.optim.epochs)
+    tracker: dict = {}
+
+    def hook(trainer, epoch: int) -> Optional[Selection]:
+        pool = trainer.pool
+        n = len(pool)
+        obj = trainer.cfg.objective
+        if method == "forgetting" and epochs and epoch <= epochs[-1]:
+            tr = tracker.setdefault("t", ForgettingTracker(n))
+            tr.update(np.arange(n), correctness(trainer.model, pool.images, pool.labels,
+                                                batch_size=int(params.get("batch_size", 512))).numpy())
+        if epoch not in epochs:
+            if epoch < sc.start_epoch and not _is_full(trainer.selection, n, obj.eps):
+                return Selection.full(n, obj.eps)
+            return None
+        sel = _select(trainer, epoch, tracker.get("t"))
+        hook.calls.append(epoch)
+        return sel
+
+    def _select(trainer, epoch: int, tr: Optional[ForgettingTracker]) -> Selection:
+        pool, obj = trainer.pool, trainer.cfg.objective
+        seed = int(trainer.cfg.seed) * 1_000_003 + int(epoch)
+        common = dict(eps=obj.eps, norm=obj.norm, steps=int(params.get("steps", obj.steps)),
+                      batch_size=int(params.get("batch_size", 256)), seed=seed)
+        if method == "gradmatch":
+            kw = {k: params[k] for k in _SELECTOR_PARAMS["gradmatch"] if k in params}
+            return gradmatch_selection(trainer.model, pool.images, pool.labels, fraction=sc.fraction,
+                                       step_size=obj.step_size, class_balanced=sc.class_balanced, **common, **kw)
+        score_name = "margin" if method == "puma" else method
+        sp = {k: params[k] for k in _SCORE_PARAMS[score_name] if k in params}
+        if score_name in ("kappa", "loss", "el2n", "grand", "pm"):
+            sp.setdefault("step_size", obj.step_size)
+        if method == "forgetting":
+            sp["tracker"] = tr
+        scores = compute_scores(trainer.model if SCORERS[score_name].model else None, pool.images, pool.labels,
+                                score_name, **common, **sp)
+        hook.last_scores = scores
+        if method == "puma":
+            kw = {k: params[k] for k in ("q", "floor", "scale") if k in params}
+            return puma_selection(scores, pool.labels, fraction=sc.fraction, eps=obj.eps,
+                                  class_balanced=sc.class_balanced, **kw)
+        return select_by_score(scores, pool.labels, fraction=sc.fraction, prune=prune,
+                               class_balanced=sc.class_balanced, eps=obj.eps)
+
+    hook.calls = []
+    hook.last_scores = None
+    hook.epochs = epochs
+    return hook
