@@ -59,3 +59,10 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         atomic_write(p, boom)
     assert p.read_text() == "old"
     assert [f.name for f in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    import stat
+    p = atomic_write(tmp_path / "f.txt", lambda t: t.write_text("x"))
+    mode = stat.S_IMODE(p.stat().st_mode)
+    assert mode & stat.S_IRGRP or os.umask(os.umask(0)) & stat.S_IRGRP

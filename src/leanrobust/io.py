@@ -14,6 +14,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class WeightsError(ValueError):
     """A weights or checkpoint file that is missing, corrupt, unsafe or does not fit the model."""
 
@@ -26,6 +30,7 @@ def atomic_write(path: str | Path, write) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
