@@ -65,7 +65,8 @@ def run_row(table: str, name: str, config: str | Path, overrides: list[str], *, 
             "eval": summary["eval"], "train_seconds": summary["train_seconds"],
             "prepare_seconds": prep_seconds, "total_seconds": summary["train_seconds"] + prep_seconds,
             "grad_evals": summary["grad_evals"], "samples_seen": summary["samples_seen"],
-            "n_train": summary["n_train"], "info": info, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "n_train": summary["n_train"], "best_epoch": summary.get("best_epoch"), "epochs": summary.get("epochs"),
+            "info": info, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def run_table(table: str, rows: list[dict], *, runs_dir: Path = Path("runs/bench"),
@@ -82,6 +83,16 @@ def run_table(table: str, rows: list[dict], *, runs_dir: Path = Path("runs/bench
         append_row(path, row)
         finished[row["name"]] = row
     return [finished[r["name"]] for r in rows if r["name"] in finished]
+
+
+def best_epoch(row: dict, runs_dir: Path = Path("runs/bench")) -> str:
+    """The epoch model selection kept (rows written before it was recorded: read the run's summary)."""
+    if row.get("best_epoch") is None:
+        f = runs_dir / row["table"] / row["name"] / "run" / "summary.json"
+        if f.exists():
+            s = json.loads(f.read_text())
+            row = {**row, "best_epoch": s.get("best_epoch"), "epochs": s.get("epochs")}
+    return "-" if row.get("best_epoch") is None else f"{row['best_epoch']}/{row.get('epochs')}"
 
 
 def pct(x: Optional[float]) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import RESULTS, done_rows, pct, run_table
+from common import RESULTS, best_epoch, done_rows, pct, run_table
 
 BASE = Path(__file__).parent / "configs" / "selection_fmnist.yaml"
 MARGIN = ["selection.params={deepfool_candidates: 3, deepfool_steps: 20}", "selection.start_epoch=1"]
@@ -48,14 +48,15 @@ def report(done: list[dict]) -> None:
              "Command: `python benchmarks/selection_fmnist.py` (rows: selection_fmnist.jsonl; base config "
              "benchmarks/configs/selection_fmnist.yaml). Clean / PGD-20 / CW-20 on 1000 test points, AutoAttack "
              "(standard) on the first 200; wall time includes warm-up, scoring and selection.", "",
-             "| row | kept | clean | PGD-20 | CW-20 | AutoAttack | wall s | speed-up | grad evals | device |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| row | kept | clean | PGD-20 | CW-20 | AutoAttack | wall s | speed-up | grad evals | best epoch | device |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in done:
         ra = r["robust_acc"]
         sp = f"{base_s / r['total_seconds']:.2f}x" if base_s else "-"
         kept = r["name"].rsplit("_", 1)[1] + "%" if r["name"].rsplit("_", 1)[1].isdigit() else "100%"
         lines.append(f"| {r['name']} | {kept} | {pct(r['clean_acc'])} | {pct(ra.get('pgd20'))} | {pct(ra.get('cw20'))} | "
-                     f"{pct(ra.get('autoattack'))} | {r['total_seconds']:.0f} | {sp} | {r['grad_evals']:,} | {r['device']} |")
+                     f"{pct(ra.get('autoattack'))} | {r['total_seconds']:.0f} | {sp} | {r['grad_evals']:,} | {best_epoch(r)} | "
+                     f"{r['device']} |")
     (RESULTS / "selection_fmnist.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(done)
