@@ -26,6 +26,16 @@ def _eps_vector(eps, like: torch.Tensor) -> torch.Tensor:
     return e.expand(like.shape[0]).clone() if e.numel() == 1 else e
 
 
+def _setup(x: torch.Tensor, eps, weight):
+    """Per-sample eps, groups (all SKIPPED), steps spent (0), x_adv = x, and the positions of
+    samples with weight > 0 (the only ones attacked)."""
+    b = x.shape[0]
+    w = as_weight(weight, x.new_empty(b))
+    group = torch.full((b,), SKIPPED, dtype=torch.long, device=x.device)
+    spent = torch.zeros(b, dtype=torch.long, device=x.device)
+    return _eps_vector(eps, x.new_empty(b)), group, spent, x.detach().clone(), (w > 0).nonzero().squeeze(1)
+
+
 def _no_grad_logits(model, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad(), eval_mode(model):
         return model(x)
@@ -49,13 +59,8 @@ def bullet_allocation(model, x, y, eps, weight, *, norm: str = "linf", steps: in
     steps_spent counts the gradient steps per sample."""
     _check(steps, probe_steps, outlier_attack)
     b = x.shape[0]
-    w = as_weight(weight, x.new_empty(b))
-    e = _eps_vector(eps, x.new_empty(b))
-    group = torch.full((b,), SKIPPED, dtype=torch.long, device=x.device)
-    spent = torch.zeros(b, dtype=torch.long, device=x.device)
-    x_adv = x.detach().clone()
+    e, group, spent, x_adv, act = _setup(x, eps, weight)
     clean_logits = torch.zeros(b, 0, device=x.device)
-    act = (w > 0).nonzero().squeeze(1)
     if act.numel() == 0:
         return x_adv, group, spent, clean_logits
     logits = _no_grad_logits(model, x[act])
@@ -106,12 +111,7 @@ def bullet_trades(model, x, y, eps, weight, *, beta: float = 6.0, norm: str = "l
     attacked samples (for the others logits_adv = logits_nat)."""
     _check(steps, probe_steps, "none")
     b = x.shape[0]
-    w = as_weight(weight, x.new_empty(b))
-    e = _eps_vector(eps, x.new_empty(b))
-    group = torch.full((b,), SKIPPED, dtype=torch.long, device=x.device)
-    spent = torch.zeros(b, dtype=torch.long, device=x.device)
-    x_adv = x.detach().clone()
-    act = (w > 0).nonzero().squeeze(1)
+    e, group, spent, x_adv, act = _setup(x, eps, weight)
     if act.numel():
         p_nat = F.softmax(_no_grad_logits(model, x[act]), dim=1)
         ok = p_nat.argmax(1) == y[act]
