@@ -250,10 +250,13 @@ def test_deepfool_nonlinear_batched_and_one_forward_per_active_sample(norm):
     hook.remove()
     assert sum(seen) == int((res.iterations + 1).sum())  # each iteration forwards the active ones
     assert seen == sorted(seen, reverse=True) and seen[0] == 10
-    with torch.no_grad():
-        clean, adv = model(x).argmax(1), model(res.x_adv).argmax(1)
+    with torch.no_grad():  # unclipped iterates by default (the reference code): converged is about x + delta
+        clean, adv = model(x).argmax(1), model(x + res.delta).argmax(1)
     assert torch.equal(adv != clean, res.converged)
     assert res.converged.sum() >= 8
+    boxed = deepfool(model, x, norm=norm, steps=20, clip=True)
+    with torch.no_grad():
+        assert torch.equal(model(boxed.x_adv).argmax(1) != clean, boxed.converged)
     assert (res.iterations[res.converged] >= 1).all()
     chunked = deepfool(model, x, norm=norm, steps=20, batch_size=3)
     for a, b in zip(res, chunked):
@@ -263,11 +266,14 @@ def test_deepfool_nonlinear_batched_and_one_forward_per_active_sample(norm):
 def test_deepfool_clipping_is_not_convergence():
     model, _ = _affine(16, 2, 2)
     x = torch.zeros(4, 1, 4, 4)
-    with torch.no_grad():  # the boundary lies far outside the box: unreachable
+    with torch.no_grad():  # the boundary lies far outside the box: unreachable inside it
         model[1].bias.copy_(torch.tensor([100.0, -100.0]))
-    res = deepfool(model, x, steps=3)
+    res = deepfool(model, x, steps=3, clip=True)
     assert not res.converged.any() and (res.iterations == 3).all()
     assert res.x_adv.min() >= 0 and res.x_adv.max() <= 1
+    free = deepfool(model, x, steps=3)  # unclipped: one exact step to the far boundary, x_adv still in the box
+    assert free.converged.all() and (free.iterations == 1).all()
+    assert free.margin.min() > 1.0 and free.x_adv.min() >= 0 and free.x_adv.max() <= 1
 
 
 # ---- AutoAttack adapter ---------------------------------------------------------------------

@@ -24,7 +24,8 @@ DEFAULT_PRUNE = {"random": "highest", "margin": "highest", "kappa": "highest", "
 METHODS = tuple(DEFAULT_PRUNE)
 
 _SCORE_PARAMS = {m: set(SCORERS[m].params) - {"tracker"} for m in SCORERS}
-_SELECTOR_PARAMS = {"puma": {"q", "floor", "scale", "deepfool_steps", "overshoot", "signed", "deepfool_candidates"},
+_SELECTOR_PARAMS = {"puma": {"q", "floor", "scale", "deepfool_steps", "overshoot", "signed", "deepfool_candidates",
+                             "deepfool_clip"},
                     "gradmatch": {"match_batch", "lam", "atoms_per_step", "adversarial"}}
 _COMMON = {"batch_size", "steps"}
 

@@ -32,9 +32,10 @@ class Scorer:
 SCORERS: dict[str, Scorer] = {s.name: s for s in [
     Scorer("margin", "easy",
            "DeepFool distance to the nearest decision boundary in input space (attack norm = `norm`, or "
-           "margin_norm; 50 steps, overshoot 0.02, the top deepfool_candidates=10 classes); signed=True "
+           "margin_norm; 50 steps, overshoot 0.02, the top deepfool_candidates=10 classes, unclipped iterates unless "
+           "deepfool_clip=True); signed=True "
            "(default) makes it negative for samples the model misclassifies",
-           ("deepfool_steps", "overshoot", "signed", "margin_norm", "deepfool_candidates")),
+           ("deepfool_steps", "overshoot", "signed", "margin_norm", "deepfool_candidates", "deepfool_clip")),
     Scorer("kappa", "easy",
            "GAIRAT kappa: PGD iterates (random start, `steps` steps, eval mode) still classified correctly",
            ("step_size", "random_start")),
@@ -139,7 +140,7 @@ class _Batch:
             o = self.opt
             self._cache["df"] = deepfool(self.model, self.x, norm=o["margin_norm"] or o["norm"],
                                          steps=o["deepfool_steps"], overshoot=o["overshoot"],
-                                         candidates=o["deepfool_candidates"])
+                                         candidates=o["deepfool_candidates"], clip=bool(o["deepfool_clip"]))
         return self._cache["df"]
 
     def logits_feats(self):
@@ -183,7 +184,7 @@ def _options(eps, norm, steps, params: dict, methods: Sequence[str]) -> dict:
                          f"accepted: {sorted(allowed) or 'none'}")
     opt = {"eps": eps, "norm": norm, "steps": int(steps), "step_size": None, "random_start": True,
            "adversarial": False, "deepfool_steps": 50, "overshoot": 0.02, "signed": True, "margin_norm": None,
-           "deepfool_candidates": 10,
+           "deepfool_candidates": 10, "deepfool_clip": False,
            "tracker": None}
     opt.update(params)
     if norm not in ("linf", "l2") or (opt["margin_norm"] not in (None, "linf", "l2")):
