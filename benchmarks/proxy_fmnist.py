@@ -7,7 +7,8 @@ could not see), and its checkpoints form a quality ladder together with a per-cl
 
 Stages (each resumable; rerun the same command to go on):
   generator  train the DDPM (configs/synth/fmnist_ddpm.yaml, 2000 steps, checkpoints every 250)
-  sample     5x the real set from the final checkpoint, 1x from each ladder rung, 5x Gaussian
+  sample_ladder  1x the real set from each earlier checkpoint (waits for it) and from a Gaussian proxy
+  sample_final   5x the real set from the final checkpoint (1x and 2x are its class-balanced heads)
   train      classifier rows (half-width SmallCNN, PGD-7 AT at Linf 0.1, same step budget):
              real only, real + generated 1x / 2x / 5x, generated only, one row per ladder rung
   quality    ARC (robust discrimination area), conditional W1 (input, features), Frechet per rung
@@ -15,7 +16,7 @@ Stages (each resumable; rerun the same command to go on):
              randomized-smoothing certification at several L2 radii
   report     table + plots in benchmarks/results/proxy_fmnist.{md,png}
 
-    PYTHONPATH=src:benchmarks python benchmarks/proxy_fmnist.py [--stages generator sample train quality certify]
+    PYTHONPATH=src:benchmarks python benchmarks/proxy_fmnist.py [--stages generator sample_ladder ...] [--only ROW ...]
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ GEN_CONFIG = Path(__file__).parent.parent / "configs" / "synth" / "fmnist_ddpm.y
 N_REAL, VAL = 2000, 500
 GEN_STEPS = 2000
 RUNGS = [250, 500, 1000, 2000]      # generator checkpoints on the ladder (2000 = the final generator)
-SAMPLER = {"scheduler": "dpm", "steps": 15}
+SAMPLER = {"scheduler": "dpm", "steps": 10}  # DPM-Solver++ at 10 steps: ~9 ms per image per step here
 MIX = {"gen1x": 1, "gen2x": 2, "gen5x": 5}
 SIGMA = 0.25
 RADII = [0.0, 0.25, 0.5, 0.75, 1.0]
@@ -84,21 +85,46 @@ def gen_file(rung: int | str, times: int) -> Path:
     return ROOT / "gen" / f"{rung}_{times}x.npz"
 
 
-def stage_sample() -> None:
-    from leanrobust.proxy.generator import gaussian_to_npz, sample_to_npz
+def wait_for_checkpoint(step: int, poll: float = 30.0) -> None:
+    """Block until the generator run's newest complete checkpoint (its `latest` file) is at or past `step`
+    (the ladder samples while the generator trains)."""
+    from leanrobust.proxy.generator import read_latest
+
+    while True:
+        try:
+            if int(read_latest(ROOT / "ddpm").rsplit("_", 1)[1]) >= step:
+                return
+        except (ValueError, FileNotFoundError, OSError):
+            pass
+        time.sleep(poll)
+
+
+def sample_rung(rung: int, times: int) -> None:
+    from leanrobust.proxy.generator import sample_to_npz
+
+    out = gen_file(rung, times)
+    if out.exists():
+        return
+    wait_for_checkpoint(rung)
+    t0 = time.perf_counter()
+    sample_to_npz(ROOT / "ddpm", out, times * N_REAL, step=rung, seed=rung, batch_size=250, device="cpu",
+                  progress=False, **SAMPLER)
+    print(f"sampled {out} in {time.perf_counter() - t0:.0f}s", flush=True)
+
+
+def stage_sample(part: str) -> None:
+    """part 'ladder': 1x from each earlier rung (waits for its checkpoint) and the Gaussian proxy;
+    'final': 5x from the final generator, and its nested 1x / 2x class-balanced heads."""
+    from leanrobust.proxy.generator import gaussian_to_npz
 
     (ROOT / "gen").mkdir(parents=True, exist_ok=True)
-    if not gen_file("gaussian", 1).exists():
-        gaussian_to_npz(real_npz(), gen_file("gaussian", 1), N_REAL, seed=1, progress=False)
-    jobs = [(GEN_STEPS, 5)] + [(r, 1) for r in RUNGS if r != GEN_STEPS]
-    for rung, times in jobs:
-        out = gen_file(rung, times)
-        if out.exists():
-            continue
-        t0 = time.perf_counter()
-        sample_to_npz(ROOT / "ddpm", out, times * N_REAL, step=rung, seed=rung, batch_size=250, device="cpu",
-                      progress=False, **SAMPLER)
-        print(f"sampled {out} in {time.perf_counter() - t0:.0f}s", flush=True)
+    if part == "ladder":
+        if not gen_file("gaussian", 1).exists():
+            gaussian_to_npz(real_npz(), gen_file("gaussian", 1), N_REAL, seed=1, progress=False)
+        for rung in RUNGS[:-1]:
+            sample_rung(rung, 1)
+        return
+    sample_rung(GEN_STEPS, 5)
     for times in (1, 2):
         balanced_head(gen_file(GEN_STEPS, 5), times * N_REAL // 10, gen_file(GEN_STEPS, times))
 
@@ -274,15 +300,16 @@ def plot(rows: dict, quality: dict, base: dict | None) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stages", nargs="+", default=["generator", "sample", "train", "quality", "certify"])
+    ap.add_argument("--stages", nargs="+",
+                    default=["generator", "sample_ladder", "sample_final", "train", "quality", "certify"])
     ap.add_argument("--only", nargs="*", help="train/certify rows to run")
     args = ap.parse_args()
     torch.set_num_threads(1)
     for s in args.stages:
         if s == "generator":
             stage_generator()
-        elif s == "sample":
-            stage_sample()
+        elif s in ("sample_ladder", "sample_final"):
+            stage_sample(s.split("_")[1])
         elif s == "train":
             stage_train(args.only)
         elif s == "quality":

@@ -78,6 +78,21 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, objec
 
 
 @needs_fmnist
+def test_resumed_forgetting_selection_keeps_the_counts_observed_before_the_cut(tmp_path):
+    cfg = tiny_config(**{"optim.epochs": 4, "eval.attacks": [], "selection.method": "forgetting",
+                         "selection.fraction": 0.5, "selection.start_epoch": 3})
+    Trainer(cfg, tmp_path / "full").fit()
+    Trainer(cfg, tmp_path / "cut").fit(stop_after_epoch=2)  # observations of epochs 0-1 live in the checkpoint
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["hook"]["forgetting"]["observed"].max() == 2
+    resume(tmp_path / "cut")
+    a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert torch.equal(a["selection"]["indices"], b["selection"]["indices"])
+    assert torch.equal(a["hook"]["forgetting"]["events"], b["hook"]["forgetting"]["events"])
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+@needs_fmnist
 def test_selection_sets_subset_eps_and_weight(tmp_path):
     from leanrobust.selection import Selection
     sel = Selection(torch.arange(0, 200, 2), torch.ones(100), torch.full((100,), 0.05))

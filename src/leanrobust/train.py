@@ -223,7 +223,8 @@ class Trainer:
                 "train_seconds": self.train_seconds, "samples_seen": self.samples_seen,
                 "best_metric": self.best_metric, "best_epoch": self.best_epoch,
                 "selection": {"indices": self.selection.indices, "weight": self.selection.weight,
-                              "eps": self.selection.eps}}
+                              "eps": self.selection.eps},
+                "hook": self.on_epoch_start.state_dict() if hasattr(self.on_epoch_start, "state_dict") else None}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -237,6 +238,8 @@ class Trainer:
         self.best_metric = float(state["best_metric"])
         s = state["selection"]
         self.set_selection(Selection(s["indices"], s["weight"], s["eps"]))
+        if state.get("hook") is not None and hasattr(self.on_epoch_start, "load_state_dict"):
+            self.on_epoch_start.load_state_dict(state["hook"])  # e.g. forgetting counts observed so far
 
     def _metadata(self) -> dict[str, str]:
         return {"leanrobust_model": json.dumps(self.spec), "leanrobust_version": __version__}

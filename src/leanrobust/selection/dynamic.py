@@ -76,7 +76,9 @@ def make_selection_hook(cfg: RunConfig) -> Callable:
     clean forward over the pool (counted as forward_evals) updates a ForgettingTracker; it needs
     start_epoch >= 2 (two observations). Only the passes a method needs are made. The Selection's
     eps is trainer.cfg.objective.eps (PUMA lowers some), weights 1 except gradmatch's.
-    The returned hook has .calls (epochs where it returned a new Selection) and .last_scores."""
+    The returned hook has .calls (epochs where it returned a new Selection), .last_scores, and
+    state_dict / load_state_dict, which the trainer's checkpoint carries (forgetting counts survive
+    a resume)."""
     sc = cfg.selection
     method = sc.method
     if method == "none":
@@ -139,7 +141,18 @@ def make_selection_hook(cfg: RunConfig) -> Callable:
         return select_by_score(scores, pool.labels, fraction=sc.fraction, prune=prune,
                                class_balanced=sc.class_balanced, eps=obj.eps)
 
+    def state_dict() -> dict:
+        """What a resumed run needs to continue the schedule: the forgetting counts observed so far."""
+        return {"forgetting": tracker["t"].state_dict()} if "t" in tracker else {}
+
+    def load_state_dict(state: dict) -> None:
+        if "forgetting" in state:
+            tr = ForgettingTracker(len(state["forgetting"]["events"]))
+            tr.load_state_dict(state["forgetting"])
+            tracker["t"] = tr
+
     hook.calls = []
     hook.last_scores = None
     hook.epochs = epochs
+    hook.state_dict, hook.load_state_dict = state_dict, load_state_dict
     return hook

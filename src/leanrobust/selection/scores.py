@@ -93,17 +93,21 @@ class ForgettingTracker:
         self.learned[idx] |= ok
         self.observed[idx] += 1
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors only, so the trainer's weights_only checkpoint can carry it across a resume."""
+        return {k: torch.from_numpy(getattr(self, k).copy()) for k in ("prev", "learned", "events", "observed")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in ("prev", "learned", "events", "observed"):
+            v = state[k].cpu().numpy() if isinstance(state[k], torch.Tensor) else np.asarray(state[k])
+            if v.shape != (self.n,):
+                raise ValueError(f"forgetting tracker state {k!r} has shape {v.shape}, expected ({self.n},)")
+            setattr(self, k, v.astype(getattr(self, k).dtype))
+
     def scores(self) -> np.ndarray:
         s = self.events.astype(np.float32)
         s[~self.learned] = float(self.observed.max() + 1)
         return s
-
-    def state_dict(self) -> dict:
-        return {k: getattr(self, k).copy() for k in ("prev", "learned", "events", "observed")}
-
-    def load_state_dict(self, d: dict) -> None:
-        for k in ("prev", "learned", "events", "observed"):
-            setattr(self, k, np.asarray(d[k]).copy())
 
 
 class _Batch:
