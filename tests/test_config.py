@@ -44,7 +44,16 @@ def test_npz_dataset_needs_path_and_classes():
 
 def test_shipped_configs_validate():
     from pathlib import Path
-    files = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
-    assert files
+    root = Path(__file__).parents[1] / "configs"
+    files = sorted(root.glob("*.yaml")) + sorted((root / "methods").glob("*.yaml"))
+    assert len(files) >= 12
     for f in files:
         load_config(f)
+
+
+def test_unknown_objective_param_is_rejected_by_name():
+    with pytest.raises(ConfigError, match="lamda"):
+        validate_config({"objective": {"name": "gair_at", "params": {"lamda": -1.0}}})
+    with pytest.raises(ConfigError, match="steps"):  # a managed field, not a param
+        validate_config({"objective": {"name": "trades", "params": {"steps": 3}}})
+    assert validate_config({"objective": {"name": "gair_at", "params": {"lam": 0.0}}}).objective.params == {"lam": 0.0}

@@ -181,3 +181,21 @@ def test_dynamic_selection_from_config_counts_its_passes(tmp_path):
     tr.fit(stop_after_epoch=1)
     again = resume(tmp_path / "cut")
     assert again["grad_evals"] == summary["grad_evals"] and again["clean_acc"] == summary["clean_acc"]
+
+
+METHOD_CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "methods").glob("*.yaml"))
+
+
+@needs_fmnist
+@pytest.mark.parametrize("path", METHOD_CONFIGS, ids=[p.stem for p in METHOD_CONFIGS])
+def test_every_shipped_method_config_trains(tmp_path, path):
+    from leanrobust.config import load_config
+
+    cfg = load_config(path, ["progress=false", "threads=2", "data.train_subset=192", "data.val_size=32",
+                             "model.width=0.25", "objective.steps=2", "optim.epochs=2", "optim.batch_size=64",
+                             "validation.n=32", "validation.steps=2", "eval.n=32", "eval.attacks=[pgd5]"])
+    summary = Trainer(cfg, tmp_path).fit()
+    assert summary["config"]["objective"]["name"] == cfg.objective.name
+    assert summary["grad_evals"] > 0 and 0.0 <= summary["robust_acc"]["pgd5"] <= 1.0
+    if cfg.selection.method != "none":  # selected at epoch 1 of 2: the second epoch trains on half the pool
+        assert summary["samples_seen"] < 2 * 192

@@ -123,6 +123,29 @@ class RunConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
     @model_validator(mode="after")
+    def _objective_params_known(self) -> "RunConfig":
+        """objective.params must name keyword arguments of the chosen objective (a typo would
+        otherwise be dropped silently) and not the fields the trainer already passes."""
+        import inspect
+
+        from .objectives import OBJECTIVES
+
+        fn = OBJECTIVES.get(self.objective.name)
+        if fn is None or not self.objective.params:
+            return self
+        sig = inspect.signature(fn).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values()):
+            return self
+        managed = {"model", "x", "y", "eps", "weight", "norm", "steps", "step_size", "beta", "label_smoothing",
+                   "epoch", "num_epochs"}
+        accepted = {n for n, p in sig.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL} - managed
+        bad = sorted(set(self.objective.params) - accepted)
+        if bad:
+            raise ValueError(f"objective.params {bad} not accepted by objective {self.objective.name!r} "
+                             f"(set eps/steps/beta/... as objective fields); accepted: {sorted(accepted) or 'none'}")
+        return self
+
+    @model_validator(mode="after")
     def _npz_needs_paths(self) -> "RunConfig":
         if self.data.dataset == "npz" and (not self.data.path or not self.data.num_classes):
             raise ValueError("data.dataset 'npz' needs data.path and data.num_classes")
