@@ -79,7 +79,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=60000, help="images in the timed full run (the target)")
     ap.add_argument("--fidelity-n", type=int, default=2000, help="first images for the settings comparison")
     ap.add_argument("--subset", type=int, default=300, help="images for the side-by-side with torchattacks")
-    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=256, help="images per DeepFool call (the margin scorer's default batch)")
     ap.add_argument("--train", type=int, default=10000, help="ERM warm-up images")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "deepfool_speed"))
