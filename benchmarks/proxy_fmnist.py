@@ -21,7 +21,6 @@ Stages (each resumable; rerun the same command to go on):
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -85,17 +84,21 @@ def gen_file(rung: int | str, times: int) -> Path:
     return ROOT / "gen" / f"{rung}_{times}x.npz"
 
 
-def wait_for_checkpoint(step: int, poll: float = 30.0) -> None:
+def wait_for_checkpoint(step: int, poll: float = 30.0, limit: float = 3 * 3600.0) -> None:
     """Block until the generator run's newest complete checkpoint (its `latest` file) is at or past `step`
-    (the ladder samples while the generator trains)."""
+    (the ladder samples while the generator trains); give up with a clear message after `limit` seconds."""
     from leanrobust.proxy.generator import read_latest
 
+    t0 = time.monotonic()
     while True:
         try:
             if int(read_latest(ROOT / "ddpm").rsplit("_", 1)[1]) >= step:
                 return
         except (ValueError, FileNotFoundError, OSError):
             pass
+        if time.monotonic() - t0 > limit:
+            raise SystemExit(f"no generator checkpoint of step {step} in {ROOT / 'ddpm'} after {limit:.0f}s: "
+                             "run (or resume) the generator stage")
         time.sleep(poll)
 
 

@@ -99,7 +99,7 @@ class ForgettingTracker:
 
     def load_state_dict(self, state: dict) -> None:
         for k in ("prev", "learned", "events", "observed"):
-            v = state[k].cpu().numpy() if isinstance(state[k], torch.Tensor) else np.asarray(state[k])
+            v = state[k].cpu().numpy()
             if v.shape != (self.n,):
                 raise ValueError(f"forgetting tracker state {k!r} has shape {v.shape}, expected ({self.n},)")
             setattr(self, k, v.astype(getattr(self, k).dtype))
