@@ -263,6 +263,32 @@ def test_deepfool_nonlinear_batched_and_one_forward_per_active_sample(norm):
         torch.testing.assert_close(a, b)
 
 
+def test_deepfool_refills_finished_slots_and_keeps_layouts():
+    """batch_size is the number of images in flight: a finished image's slot goes to the next
+    waiting one, so every pass is full until the queue runs dry; weights come back in their own
+    layout with the same values, and the outputs keep the input's layout."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
+    w_before = model[0].weight.detach().clone()
+    stride_before = model[0].weight.stride()
+    x = torch.rand(11, 3, 8, 8)
+    seen = []
+    hook = model.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    res = deepfool(model, x, steps=20, batch_size=4)
+    hook.remove()
+    assert max(seen) == 4 and sum(seen) == int((res.iterations + 1).sum())
+    k = next(i for i, size in enumerate(seen) if size < 4)  # full passes, then only a shrinking tail
+    assert all(size == 4 for size in seen[:k]) and seen[k:] == sorted(seen[k:], reverse=True)
+    assert k >= 11 // 4  # not chunked: chunks of 4 would shrink before the 5th image entered
+    whole = deepfool(model, x, steps=20)
+    for a, b in zip(res, whole):
+        torch.testing.assert_close(a, b)
+    assert model[0].weight.stride() == stride_before and torch.equal(model[0].weight, w_before)
+    assert res.x_adv.is_contiguous() and res.delta.is_contiguous()
+    nhwc = deepfool(model, x.contiguous(memory_format=torch.channels_last), steps=20)
+    assert nhwc.delta.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_deepfool_clipping_is_not_convergence():
     model, _ = _affine(16, 2, 2)
     x = torch.zeros(4, 1, 4, 4)

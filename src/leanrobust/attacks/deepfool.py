@@ -2,12 +2,13 @@
 minimal-perturbation margin that PUMA prunes by."""
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .common import check_norm, eval_mode, flat_norm
+from .common import channels_last, check_norm, eval_mode, flat_norm
 
 
 class DeepFoolResult(NamedTuple):
@@ -39,13 +40,25 @@ def deepfool(model: nn.Module, x: torch.Tensor, *, norm: str = "l2", steps: int 
     backward passes, see benchmarks/results/deepfool_speed.md). clip: clamp every iterate to [0,1]
     (torchattacks' variant, a box-constrained margin, ~2x the iterations on images with saturated
     pixels); default False follows the reference code, which iterates unclipped (a distance to the
-    model's boundary in input space, PUMA's margin). batch_size chunks large inputs."""
+    model's boundary in input space, PUMA's margin). batch_size: at most this many images in flight
+    (default all); a finished image's slot is refilled with the next waiting one, so passes stay
+    full-width instead of shrinking to a long tail of tiny batches. Images are independent: the
+    result does not depend on batch_size beyond float rounding."""
     check_norm(norm)
     x = x.detach()
-    n = x.shape[0] if batch_size is None else batch_size
-    with eval_mode(model):
-        parts = [_deepfool(model, xb, norm, steps, overshoot, candidates, clip) for xb in x.split(max(n, 1))]
-    return DeepFoolResult(*(torch.cat(field) for field in zip(*parts)))
+    image = x.ndim == 4  # NHWC weights and inputs while attacking (faster convolutions); x's layout kept
+    layout = torch.channels_last if image and x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 \
+        else torch.contiguous_format
+    if image:
+        x = x.contiguous(memory_format=torch.channels_last)
+    capacity = x.shape[0] if batch_size is None else int(batch_size)
+    if capacity < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    with eval_mode(model), (channels_last(model) if image else contextlib.nullcontext()):
+        out = _deepfool(model, x, norm, steps, overshoot, candidates, clip, capacity)
+    if image:
+        out = [t.contiguous(memory_format=layout) if t.ndim == 4 else t for t in out]
+    return DeepFoolResult(*out)
 
 
 def _class_grads(z: torch.Tensor, cand: torch.Tensor, xa: torch.Tensor):
@@ -57,32 +70,49 @@ def _class_grads(z: torch.Tensor, cand: torch.Tensor, xa: torch.Tensor):
     return f.detach(), torch.stack(w, 1)
 
 
-def _deepfool(model, x, norm, steps, overshoot, candidates, clip):
-    b = x.shape[0]
+def _deepfool(model, x, norm, steps, overshoot, candidates, clip, capacity):
+    """The work queue: `active` holds at most `capacity` images, each at its own iteration `it`;
+    an image leaves when fooled (converged) or after `steps` updates, and the next waiting image
+    takes its slot (its first forward gives its clean prediction and candidate classes)."""
+    n, dev = x.shape[0], x.device
     r_tot = torch.zeros_like(x)
-    converged = torch.zeros(b, dtype=torch.bool, device=x.device)
-    iterations = torch.full((b,), steps, dtype=torch.long, device=x.device)
-    active = torch.arange(b, device=x.device)
+    converged = torch.zeros(n, dtype=torch.bool, device=dev)
+    iterations = torch.full((n,), steps, dtype=torch.long, device=dev)
+    it = torch.zeros(n, dtype=torch.long, device=dev)
     cand = None
-    for it in range(steps + 1):
+    active = torch.empty(0, dtype=torch.long, device=dev)
+    queued = 0
+    while True:
+        if active.numel() < capacity and queued < n:
+            take = min(capacity - active.numel(), n - queued)
+            active = torch.cat([active, torch.arange(queued, queued + take, device=dev)])
+            queued += take
+        if active.numel() == 0:
+            break
         with torch.enable_grad():
             xa = x[active] + (1 + overshoot) * r_tot[active]
             xa = (xa.clamp(0, 1) if clip else xa).requires_grad_(True)
             z = model(xa)
-            if cand is None:  # clean prediction first, then the next most likely classes
-                label = z.detach().argmax(1, keepdim=True)
-                k = min(candidates, z.shape[1])
-                cand = z.detach().scatter(1, label, float("inf")).topk(k, dim=1).indices
-            fooled = z.detach().argmax(1) != cand[active, 0]
+            zd, ita = z.detach(), it[active]
+            if cand is None:
+                cand = torch.empty(n, min(candidates, z.shape[1]), dtype=torch.long, device=dev)
+            fresh = ita == 0
+            if fresh.any():  # clean prediction first, then the next most likely classes
+                zf = zd[fresh]
+                label = zf.argmax(1, keepdim=True)
+                cand[active[fresh]] = zf.scatter(1, label, float("inf")).topk(cand.shape[1], dim=1).indices
+            ca = cand[active]
+            fooled = zd.argmax(1) != ca[:, 0]
             converged[active[fooled]] = True
-            iterations[active[fooled]] = it
-            keep = ~fooled
-            if it == steps or not keep.any() or cand.shape[1] < 2:
-                break
-            f, w = _class_grads(z, cand[active], xa)
-        f, w = f[keep], w[keep]
+            iterations[active[fooled]] = ita[fooled]
+            keep = ~fooled & (ita < steps) & (cand.shape[1] >= 2)
+            if keep.any():
+                f, w = _class_grads(z, ca, xa)
+        if keep.any():
+            stepping = active[keep]
+            r_tot[stepping] += _step(f[keep], w[keep], norm)
+            it[stepping] += 1
         active = active[keep]
-        r_tot[active] += _step(f, w, norm)
     delta = (1 + overshoot) * r_tot
     margin = flat_norm(delta, 2 if norm == "l2" else float("inf")).flatten()
     return (x + delta).clamp(0, 1), delta, margin, converged, iterations

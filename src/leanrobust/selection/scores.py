@@ -113,9 +113,10 @@ class ForgettingTracker:
 class _Batch:
     """Lazily computed, cached passes over one batch, so scores share them."""
 
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: dict, feats: Optional[list]):
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: dict, feats: Optional[list],
+                 margin: Optional[torch.Tensor] = None):
         self.model, self.x, self.y, self.opt, self._feats = model, x, y, opt, feats
-        self._cache: dict = {}
+        self._cache: dict = {} if margin is None else {"margin": margin}
 
     def _forward(self, x: torch.Tensor):
         with torch.no_grad():
@@ -139,13 +140,9 @@ class _Batch:
             self._cache["adv"] = (x_adv, kappa, logits, h)
         return self._cache["adv"]
 
-    def deepfool(self):
-        if "df" not in self._cache:
-            o = self.opt
-            self._cache["df"] = deepfool(self.model, self.x, norm=o["margin_norm"] or o["norm"],
-                                         steps=o["deepfool_steps"], overshoot=o["overshoot"],
-                                         candidates=o["deepfool_candidates"], clip=bool(o["deepfool_clip"]))
-        return self._cache["df"]
+    def margin(self):
+        """DeepFool margins, computed for the whole pool beforehand by `_pool_margins`."""
+        return self._cache["margin"]
 
     def logits_feats(self):
         if self.opt["adversarial"]:
@@ -154,13 +151,28 @@ class _Batch:
         return self.clean()
 
 
+def _pool_margins(model, images, opt, batch_size, device, chunk_batches: int = 32) -> torch.Tensor:
+    """DeepFool margins of a whole pool, chunk by chunk (bounded memory), each chunk one DeepFool
+    work queue of batch_size images in flight: the converged images' slots are refilled, so there
+    is one short tail per chunk instead of one per batch."""
+    n = int(images.shape[0])
+    out = torch.empty(n, dtype=torch.float32)
+    step = batch_size * chunk_batches
+    for i in range(0, n, step):
+        x = to_float(images[i:i + step].to(device))
+        out[i:i + step] = deepfool(model, x, norm=opt["margin_norm"] or opt["norm"], steps=opt["deepfool_steps"],
+                                   overshoot=opt["overshoot"], candidates=opt["deepfool_candidates"],
+                                   clip=bool(opt["deepfool_clip"]), batch_size=batch_size).margin.float().cpu()
+    return out
+
+
 def _residual(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.softmax(logits, dim=1) - F.one_hot(y, logits.shape[1]).to(logits.dtype)
 
 
 def _score_batch(name: str, b: _Batch, bias: bool) -> torch.Tensor:
     if name == "margin":
-        m = b.deepfool().margin.float()
+        m = b.margin().float()
         if b.opt["signed"]:
             wrong = b.clean()[0].argmax(1) != b.y
             m = torch.where(wrong, -m, m)
@@ -267,10 +279,11 @@ def _batched_scores(model, images, labels, methods, opt, batch_size, device, see
     try:
         with torch.random.fork_rng(devices=devices), eval_mode(model):
             torch.manual_seed(seed)
+            margins = _pool_margins(model, images, opt, batch_size, device) if "margin" in methods else None
             for i in range(0, n, batch_size):
                 x = to_float(images[i:i + batch_size].to(device))
                 y = labels[i:i + batch_size].to(device).long()
-                b = _Batch(model, x, y, opt, feats)
+                b = _Batch(model, x, y, opt, feats, None if margins is None else margins[i:i + batch_size].to(device))
                 for m in methods:
                     res[m][i:i + x.shape[0]] = _score_batch(m, b, bias).detach().float().cpu()
     finally:
