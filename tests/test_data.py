@@ -399,3 +399,22 @@ def test_sampler_ddp_shards(gen_fraction):
         assert all(len(r) == 18 for r in real) and not (real[0] & real[1] or real[1] & real[2] or real[0] & real[2])
     single = MixingSampler(gen, 8, gen_fraction=gen_fraction).epoch(4, seed=9)
     assert torch.equal(shards[1][0], single[1]) and torch.equal(shards[2][1], single[5])
+
+
+def test_sampler_draws_in_proportion_to_weights():
+    w = torch.tensor([8.0, 1.0, 1.0, 0.0, 2.0, 0.0])
+    s = MixingSampler(torch.zeros(6, dtype=torch.bool), 4, weights=w)
+    assert len(s) == 2  # as many batches as plain shuffling
+    draws = torch.cat([torch.cat(s.epoch(e, seed=1)) for e in range(3000)])
+    freq = torch.bincount(draws, minlength=6).double() / draws.numel()
+    torch.testing.assert_close(freq, (w / w.sum()).double(), atol=0.01, rtol=0)
+    assert freq[3] == 0 and freq[5] == 0  # weight 0 is never drawn
+    assert all(torch.equal(a, b) for a, b in zip(s.epoch(7, 2), s.epoch(7, 2)))
+    ranks = [MixingSampler(torch.zeros(6, dtype=torch.bool), 2, weights=w, rank=r, world_size=3) for r in range(3)]
+    whole = MixingSampler(torch.zeros(6, dtype=torch.bool), 2, weights=w).epoch(5, 4)
+    assert [b.tolist() for r in ranks for b in r.epoch(5, 4)] == [whole[i].tolist() for i in (0, 1, 2)]
+    for bad in (torch.ones(5), torch.tensor([1.0, -1, 1, 1, 1, 1]), torch.zeros(6), torch.full((6,), float("nan"))):
+        with pytest.raises(ValueError, match="weights"):
+            MixingSampler(torch.zeros(6, dtype=torch.bool), 4, weights=bad)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        MixingSampler(torch.arange(6) > 2, 4, gen_fraction=0.5, weights=w)

@@ -102,6 +102,40 @@ def test_selection_sets_subset_eps_and_weight(tmp_path):
     assert summary["n_train"] == 100 and summary["samples_seen"] == 100
 
 
+@needs_fmnist
+def test_sample_weighting_draws_by_weight_and_trains_with_weight_one(tmp_path, monkeypatch):
+    """data.weighting='sample': a centre weighted 9x is drawn ~9x as often and its loss is not scaled."""
+    from leanrobust.selection import Selection
+    w = torch.ones(64)
+    w[:8] = 9.0
+    Selection(torch.arange(64), w, torch.full((64,), 0.1)).save(tmp_path / "sel.npz")
+    cfg = tiny_config(**{"optim.epochs": 3, "data.selection": str(tmp_path / "sel.npz"), "eval.attacks": [],
+                         "data.weighting": "sample", "optim.batch_size": 16})
+    trainer = Trainer(cfg, tmp_path / "run")
+    seen_w, seen_idx = [], []
+    batch = trainer.batch
+
+    def spy(positions, generator):
+        x, y, eps, weight = batch(positions, generator)
+        seen_w.append(weight)
+        seen_idx.append(positions.cpu())
+        return x, y, eps, weight
+    monkeypatch.setattr(trainer, "batch", spy)
+    trainer.fit()
+    assert all(bool((sw == 1).all()) for sw in seen_w)
+    drawn = torch.bincount(torch.cat(seen_idx), minlength=64)
+    assert drawn[:8].float().mean() > 4 * drawn[8:].float().mean()  # 9x the weight: ~9x the draws per position
+    loss_cfg = tiny_config(**{"data.selection": str(tmp_path / "sel.npz"), "data.weighting": "loss"})
+    assert torch.equal(Trainer(loss_cfg, tmp_path / "run2").sel_weight.cpu(), w)
+    _write_npz(tmp_path / "gen.npz", np.zeros((32, 28, 28, 1), np.uint8), np.arange(32) % 10)
+    n_pool = len(trainer.pool) + 32  # the real pool, then the generated images
+    Selection(torch.arange(n_pool), torch.linspace(1, 2, n_pool), torch.full((n_pool,), 0.1)).save(tmp_path / "all.npz")
+    mixed = tiny_config(**{"data.selection": str(tmp_path / "all.npz"), "data.weighting": "sample",
+                           "data.generated": str(tmp_path / "gen.npz")})
+    with pytest.raises(ValueError, match="cannot be combined"):
+        Trainer(mixed, tmp_path / "run3")
+
+
 def _write_npz(path, images, labels):
     np.savez(path, image=images, label=labels)
 

@@ -31,6 +31,10 @@ class DataConfig(_Strict):
     generated: Optional[str] = Field(None, description="npz of generated images mixed into every batch")
     gen_fraction: float = Field(0.7, ge=0.0, le=1.0, description="generated share of each batch (Wang et al. 2023)")
     selection: Optional[str] = Field(None, description="Selection npz (indices, weight, eps) over the training pool")
+    weighting: Literal["loss", "sample"] = Field(
+        "loss", description="how selection weights act: 'loss' scales each sample's loss (exact per batch); 'sample' "
+                            "draws samples with probability proportional to weight and trains them with weight 1 (same "
+                            "expected gradient, bounded per batch when a few weights are large, e.g. MFC centres)")
     augment: bool = True
     crop_pad: Optional[int] = Field(None, ge=0, description="default from the dataset")
     flip: Optional[bool] = Field(None, description="default from the dataset (off for digits/clothes)")

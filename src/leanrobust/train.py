@@ -133,11 +133,16 @@ class Trainer:
         self.selection = sel
         self.sel_indices = sel.indices.to(self.device)
         self.sel_eps = sel.eps.to(self.device)
-        self.sel_weight = sel.weight.to(self.device)
         is_gen = self.pool.is_generated[self.sel_indices]
         frac = self.cfg.data.gen_fraction if bool(is_gen.any()) and bool((~is_gen).any()) else None
+        draw = self.cfg.data.weighting == "sample" and bool((sel.weight != sel.weight[0]).any())
+        if draw and frac is not None:
+            raise ValueError("data.weighting='sample' cannot be combined with generated-data mixing "
+                             "(data.gen_fraction); use data.weighting='loss'")
+        # weighting 'sample': the weights become draw probabilities, so every drawn sample counts once
+        self.sel_weight = torch.ones_like(sel.weight, device=self.device) if draw else sel.weight.to(self.device)
         self.sampler = MixingSampler(is_gen.cpu(), self.cfg.optim.batch_size, gen_fraction=frac,
-                                     rank=self.rank, world_size=self.world_size)
+                                     rank=self.rank, world_size=self.world_size, weights=sel.weight if draw else None)
 
     def batch(self, positions: torch.Tensor, generator: torch.Generator):
         positions = positions.to(self.device)

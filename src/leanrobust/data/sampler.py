@@ -1,5 +1,6 @@
-"""Batches of selection positions per epoch: plain shuffling, or a fixed generated share per batch
-(proxy data), deterministic in (epoch, seed) and sharded across DDP ranks from one global permutation."""
+"""Batches of selection positions per epoch: plain shuffling, a fixed generated share per batch
+(proxy data), or draws proportional to per-sample weights (importance sampling of a weighted
+selection); deterministic in (epoch, seed) and sharded across DDP ranks from one global draw."""
 from __future__ import annotations
 
 import math
@@ -13,11 +14,14 @@ class MixingSampler:
     gen_fraction=None: a permutation of all positions cut into batches (ceil(n/B), or floor with drop_last).
     gen_fraction=f: every batch holds round(f*B) generated and B - round(f*B) real positions; an epoch is
     n_real // real_per_batch batches (at least 1); generated positions cycle through fresh permutations.
+    weights=w (no mixing): every batch draws B positions with replacement, P(i) = w_i / sum(w), as many
+    batches as plain shuffling; training them with weight 1 has the weighted loss's expected gradient
+    without its variance when a few weights are large (a covering centre standing for hundreds of points).
     With world_size > 1 rank r takes global batches r, r + world_size, ...; tail batches that do not divide
     evenly are dropped so every rank has len(sampler) batches."""
 
     def __init__(self, is_generated: torch.Tensor, batch_size: int, gen_fraction: float | None = None,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1):
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1, weights: torch.Tensor | None = None):
         is_generated = torch.as_tensor(is_generated, dtype=torch.bool).flatten().cpu()
         if batch_size < 1:
             raise ValueError(f"MixingSampler: batch_size must be >= 1, got {batch_size}")
@@ -27,6 +31,14 @@ class MixingSampler:
         self.real_pos = (~is_generated).nonzero().flatten()
         self.n, self.batch_size, self.gen_fraction = len(is_generated), batch_size, gen_fraction
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+        self.weights = None
+        if weights is not None:
+            w = torch.as_tensor(weights, dtype=torch.float64).flatten().cpu()
+            if gen_fraction is not None:
+                raise ValueError("MixingSampler: weighted sampling and a generated share per batch cannot be combined")
+            if w.shape != (self.n,) or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+                raise ValueError(f"MixingSampler: weights must be {self.n} finite values >= 0 with a positive sum")
+            self.weights = w
         n_real, n_gen = len(self.real_pos), len(self.gen_pos)
         if gen_fraction is None:
             self.gen_per_batch = self.real_per_batch = None
@@ -58,7 +70,9 @@ class MixingSampler:
     def epoch(self, epoch: int, seed: int) -> list[torch.Tensor]:
         g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) % (1 << 63))
         B, G = self.batch_size, self.n_global
-        if self.gen_fraction is None:
+        if self.weights is not None:
+            batches = list(torch.multinomial(self.weights, G * B, replacement=True, generator=g).view(G, B).unbind(0))
+        elif self.gen_fraction is None:
             batches = list(torch.randperm(self.n, generator=g).split(B))[:G]
         else:
             parts = []
