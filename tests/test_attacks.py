@@ -375,6 +375,36 @@ def test_autoattack_state_file_resumes(aa_setup, tmp_path, monkeypatch):
         autoattack(model, x, y, state_path=path, **{**kw, "eps": 0.1})
 
 
+def test_autoattack_resumes_inside_an_attack_from_the_last_finished_batch(aa_setup, tmp_path, monkeypatch):
+    import pyautoattack.autopgd_base as apgd
+
+    model, x, y = aa_setup
+    kw = dict(eps=0.05, version="custom", attacks=["apgd-ce"], batch_size=3)
+    whole = autoattack(model, x, y, **kw)  # uninterrupted
+    path = tmp_path / "aa_state.json"
+    calls = []
+    perturb = apgd.APGDAttack.perturb
+
+    def second_batch_interrupts(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return perturb(self, *a, **k)
+
+    monkeypatch.setattr(apgd.APGDAttack, "perturb", second_batch_interrupts)
+    with pytest.raises(KeyboardInterrupt):
+        autoattack(model, x, y, state_path=path, **kw)
+    state = json.loads(path.read_text())
+    assert state["done"] == [] and state["partial"]["attack"] == "apgd-ce" and state["partial"]["next"] == 1
+    ran = []
+    monkeypatch.setattr(apgd.APGDAttack, "perturb", lambda self, *a, **k: (ran.append(1), perturb(self, *a, **k))[1])
+    resumed = autoattack(model, x, y, state_path=path, **kw)
+    assert len(ran) == -(-len(state["partial"]["idx"]) // 3) - 1  # the finished first batch did not run again
+    assert torch.equal(resumed.robust, whole.robust)
+    final = json.loads(path.read_text())
+    assert final["done"] == ["apgd-ce"] and "partial" not in final
+
+
 def test_autoattack_rejects_bad_arguments(aa_setup):
     model, x, y = aa_setup
     with pytest.raises(ValueError, match="norm"):

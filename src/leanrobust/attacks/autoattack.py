@@ -37,8 +37,9 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     (pyautoattack re-seeds torch's RNG before each attack and batch; seed=None uses the clock),
     so the same model, data, batch_size and device give the same result; the caller's RNG
     state is restored afterwards. eps: one radius for all samples (AutoAttack has no per-sample
-    eps). state_path: JSON file rewritten atomically after each finished attack (finished
-    attacks, robust flags); a rerun with it skips the finished attacks. We keep that state
+    eps). state_path: JSON file rewritten atomically after each finished batch of each attack
+    (finished attacks, the batch reached, robust flags); a rerun with it skips what is finished,
+    so a full-test-set evaluation on a CPU can span several sessions. We keep that state
     ourselves because pyautoattack 0.2.0 cannot resume from its own file (it writes the attack
     set with str() and compares it with a set; `y_adv` is unbound on resume). After a resume
     x_adv only holds the examples found in this call; `robust` accounts for all. Parameters
@@ -69,13 +70,27 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         for name in names:
             if name in state["done"]:
                 continue
-            idx = robust.nonzero().squeeze(1)
-            if idx.numel() > 0:
+            part = state.get("partial")
+            if part is not None and part["attack"] == name:  # resume inside this attack
+                idx, start = torch.tensor(part["idx"], dtype=torch.long, device=robust.device), part["next"]
+            else:
+                idx, start = robust.nonzero().squeeze(1), 0
+            # AutoAttack's own batches of the points robust at the attack's start, one call each:
+            # every perturb() re-seeds, so this equals one call over all of them, and an interrupted
+            # run loses at most one batch
+            for k, chunk in enumerate(idx.split(batch_size)):
+                if k < start:
+                    continue
                 aa.attacks_to_run = [name]
-                found, _ = aa.run_standard_evaluation(x[idx], y[idx], batch_size=batch_size)
-                broken = _predict(model, found, batch_size, device).to(y.device) != y[idx]
-                x_adv[idx[broken]] = found[broken].to(x_adv.device)
-                robust[idx[broken]] = False
+                found, _ = aa.run_standard_evaluation(x[chunk], y[chunk], batch_size=batch_size)
+                broken = _predict(model, found, batch_size, device).to(y.device) != y[chunk]
+                x_adv[chunk[broken]] = found[broken].to(x_adv.device)
+                robust[chunk[broken]] = False
+                state["partial"] = {"attack": name, "idx": idx.tolist(), "next": k + 1}
+                state["robust"] = robust.tolist()
+                if path is not None and k + 1 < -(-idx.numel() // batch_size):
+                    _write_state(path, state)
+            state.pop("partial", None)
             state["done"].append(name)
             state["robust"] = robust.tolist()
             if path is not None:
