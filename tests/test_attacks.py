@@ -421,3 +421,11 @@ def test_project_and_cw_margin_helpers():
     torch.testing.assert_close(out, torch.stack([x[0] + 0.1, x[1]]))
     z = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 1.0]])
     torch.testing.assert_close(cw_margin(z, torch.tensor([0, 2])), torch.tensor([-1.0, 4.0]))
+
+
+def test_autoattack_with_no_robust_point_left_attacks_nothing(aa_setup):
+    model, x, y = aa_setup
+    with torch.no_grad():
+        wrong = (model(x).argmax(1) + 1) % 10  # every point misclassified before any attack
+    res = autoattack(model, x, wrong, eps=0.05, version="custom", attacks=["apgd-ce", "apgd-t"], batch_size=4)
+    assert res.accuracy == 0.0 and torch.equal(res.x_adv, x)

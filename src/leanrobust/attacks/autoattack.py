@@ -78,7 +78,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
             # AutoAttack's own batches of the points robust at the attack's start, one call each:
             # every perturb() re-seeds, so this equals one call over all of them, and an interrupted
             # run loses at most one batch
-            for k, chunk in enumerate(idx.split(batch_size)):
+            for k, chunk in enumerate(idx.split(batch_size) if idx.numel() else ()):
                 if k < start:
                     continue
                 aa.attacks_to_run = [name]
