@@ -70,6 +70,8 @@ NOTES = """Notes:
 - MFC rows draw centres in proportion to their weight (data.weighting=sample). Rows *_lossw use the same
   centres with the weights multiplying the loss (data.weighting=loss): with a centre weighing up to ~37x the
   mean in a batch of 64, several of those runs diverged to a constant network (ERM clean ~10%).
+- dm (N it): Distribution Matching iterations; one iteration updates every synthetic image, so its cost grows with
+  the budget (300 iterations took 524 s at 10 ipc): 300 at 10 and 50 ipc, fewer at 100 and 600 to fit the CPU.
 - compress s and training times come from 1-3 benchmark processes sharing 2 cores."""
 
 
@@ -95,10 +97,14 @@ def report(done: list[dict]) -> None:
             continue
         seen.append(key)
         m, ipc = key.rsplit("_ipc", 1)
+        pool_report = RUNS / "compress_fmnist" / "pools" / f"{m}_{ipc}.json"
+        label = m
+        if m == "dm" and pool_report.exists():  # DM's iterations differ by budget (CPU time)
+            label = f"dm ({json.loads(pool_report.read_text())['iterations']} it)"
         erm, at = by.get(f"{key}_erm"), by.get(f"{key}_pgd_at")
         any_r = at or erm
         eta = any_r["info"].get("eta_mean")
-        lines.append(f"| {m} | {ipc} | {any_r['info']['k']} | {pct(erm and erm['clean_acc'])} | "
+        lines.append(f"| {label} | {ipc} | {any_r['info']['k']} | {pct(erm and erm['clean_acc'])} | "
                      f"{pct(at and at['clean_acc'])} | {pct(at and at['robust_acc'].get('pgd20'))} | "
                      f"{pct(at and at['robust_acc'].get('autoattack'))} | {'-' if eta is None else f'{eta:.3f}'} | "
                      f"{any_r['info']['compress_seconds']:.1f} | {any_r['device']} |")

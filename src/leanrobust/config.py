@@ -106,7 +106,8 @@ class EvalConfig(_Strict):
     attacks: list[str] = Field(default_factory=lambda: ["pgd20", "cw20", "autoattack"])
     autoattack_n: Optional[int] = Field(None, ge=1, description="test points for AutoAttack (None: same as n)")
     autoattack_version: Literal["standard", "fast"] = Field(
-        "standard", description="standard: APGD-CE, APGD-T, FAB-T, Square; fast: APGD-CE + APGD-T (a lower bound)")
+        "standard", description="standard: APGD-CE, APGD-T, FAB-T, Square; fast: APGD-CE + APGD-T (its robust "
+                                "accuracy is an upper bound on the standard version's)")
     batch_size: int = Field(500, ge=1)
 
 
