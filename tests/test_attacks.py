@@ -241,14 +241,14 @@ def test_deepfool_linf_equals_l1_dual_distance_on_binary():
 
 
 @pytest.mark.parametrize("norm", ["l2", "linf"])
-def test_deepfool_nonlinear_batched_and_one_forward_per_active_sample(norm):
+def test_deepfool_nonlinear_batched_and_two_forwards_per_step(norm):
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
     x = torch.rand(10, 1, 8, 8)
     seen = []
     hook = model.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
     res = deepfool(model, x, norm=norm, steps=20)
     hook.remove()
-    assert sum(seen) == int((res.iterations + 1).sum())  # each iteration forwards the active ones
+    assert sum(seen) == 2 * int(res.iterations.sum())  # per step: a gradient pass, then a no-grad check
     assert seen == sorted(seen, reverse=True) and seen[0] == 10
     with torch.no_grad():  # unclipped iterates by default (the reference code): converged is about x + delta
         clean, adv = model(x).argmax(1), model(x + res.delta).argmax(1)
@@ -272,11 +272,14 @@ def test_deepfool_refills_finished_slots_and_keeps_layouts():
     w_before = model[0].weight.detach().clone()
     stride_before = model[0].weight.stride()
     x = torch.rand(11, 3, 8, 8)
-    seen = []
+    seen, grads = [], []
     hook = model.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    bhook = model.register_full_backward_hook(lambda mod, gin, gout: grads.append(gout[0].shape[0]))
     res = deepfool(model, x, steps=20, batch_size=4)
     hook.remove()
-    assert max(seen) == 4 and sum(seen) == int((res.iterations + 1).sum())
+    bhook.remove()
+    assert max(seen) == 4 and sum(seen) == 2 * int(res.iterations.sum())
+    assert sum(grads) == 3 * int(res.iterations.sum())  # 4 classes: 3 backward per step, none for fooled images
     k = next(i for i, size in enumerate(seen) if size < 4)  # full passes, then only a shrinking tail
     assert all(size == 4 for size in seen[:k]) and seen[k:] == sorted(seen[k:], reverse=True)
     assert k >= 11 // 4  # not chunked: chunks of 4 would shrink before the 5th image entered

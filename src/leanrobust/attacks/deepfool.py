@@ -31,8 +31,9 @@ def deepfool(model: nn.Module, x: torch.Tensor, *, norm: str = "l2", steps: int 
              candidates: int = 10, clip: bool = False) -> DeepFoolResult:
     """DeepFool against the model's clean prediction, in eval mode (modes restored after).
 
-    Each iteration: one forward on the still-active samples, then one backward per candidate
-    class (retain_graph) for the gradients of f_k - f_label; step to the nearest linearised
+    Each iteration: one forward on the samples not yet fooled, then one backward per candidate
+    class (retain_graph) for the gradients of f_k - f_label, then a no-grad forward to check the
+    new iterate; step to the nearest linearised
     boundary, l = argmin_k |f_k| / ||w_k||_q (q = 2 for l2, q = 1 for linf), with
     r = (|f_l| + 1e-4) w_l / ||w_l||_2^2 (l2) or (|f_l| + 1e-4) sign(w_l) / ||w_l||_1 (linf), as
     in the reference code. candidates: the top classes of the clean logits considered (10 in the
@@ -71,9 +72,12 @@ def _class_grads(z: torch.Tensor, cand: torch.Tensor, xa: torch.Tensor):
 
 
 def _deepfool(model, x, norm, steps, overshoot, candidates, clip, capacity):
-    """The work queue: `active` holds at most `capacity` images, each at its own iteration `it`;
-    an image leaves when fooled (converged) or after `steps` updates, and the next waiting image
-    takes its slot (its first forward gives its clean prediction and candidate classes)."""
+    """The work queue: `active` holds at most `capacity` images, each at its own iteration `it`.
+    A pass first checks, with a no-grad forward, whether the images that just stepped are across
+    the boundary (they leave, converged; so do those at the step limit), refills the freed slots
+    with waiting images, then runs one gradient pass (forward + candidates-1 backward) in which
+    every image steps: no backward is spent on an image that turns out to be fooled already. A
+    new image's first forward gives its clean prediction and candidate classes."""
     n, dev = x.shape[0], x.device
     r_tot = torch.zeros_like(x)
     converged = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -82,7 +86,18 @@ def _deepfool(model, x, norm, steps, overshoot, candidates, clip, capacity):
     cand = None
     active = torch.empty(0, dtype=torch.long, device=dev)
     queued = 0
+
+    def iterate(idx):
+        xa = x[idx] + (1 + overshoot) * r_tot[idx]
+        return xa.clamp(0, 1) if clip else xa
+
     while True:
+        if active.numel():  # every active image has just stepped: is it across the boundary?
+            with torch.no_grad():
+                fooled = model(iterate(active)).argmax(1) != cand[active, 0]
+            converged[active[fooled]] = True
+            iterations[active[fooled]] = it[active[fooled]]
+            active = active[~fooled & (it[active] < steps)]
         if active.numel() < capacity and queued < n:
             take = min(capacity - active.numel(), n - queued)
             active = torch.cat([active, torch.arange(queued, queued + take, device=dev)])
@@ -90,29 +105,22 @@ def _deepfool(model, x, norm, steps, overshoot, candidates, clip, capacity):
         if active.numel() == 0:
             break
         with torch.enable_grad():
-            xa = x[active] + (1 + overshoot) * r_tot[active]
-            xa = (xa.clamp(0, 1) if clip else xa).requires_grad_(True)
+            xa = iterate(active).requires_grad_(True)
             z = model(xa)
-            zd, ita = z.detach(), it[active]
             if cand is None:
                 cand = torch.empty(n, min(candidates, z.shape[1]), dtype=torch.long, device=dev)
-            fresh = ita == 0
+            fresh = it[active] == 0
             if fresh.any():  # clean prediction first, then the next most likely classes
-                zf = zd[fresh]
+                zf = z.detach()[fresh]
                 label = zf.argmax(1, keepdim=True)
                 cand[active[fresh]] = zf.scatter(1, label, float("inf")).topk(cand.shape[1], dim=1).indices
-            ca = cand[active]
-            fooled = zd.argmax(1) != ca[:, 0]
-            converged[active[fooled]] = True
-            iterations[active[fooled]] = ita[fooled]
-            keep = ~fooled & (ita < steps) & (cand.shape[1] >= 2)
-            if keep.any():
-                f, w = _class_grads(z, ca, xa)
-        if keep.any():
-            stepping = active[keep]
-            r_tot[stepping] += _step(f[keep], w[keep], norm)
-            it[stepping] += 1
-        active = active[keep]
+            if cand.shape[1] < 2 or steps == 0:  # nothing to step towards
+                iterations[active] = 0
+                active = active[:0]
+                continue
+            f, w = _class_grads(z, cand[active], xa)
+        r_tot[active] += _step(f, w, norm)
+        it[active] += 1
     delta = (1 + overshoot) * r_tot
     margin = flat_norm(delta, 2 if norm == "l2" else float("inf")).flatten()
     return (x + delta).clamp(0, 1), delta, margin, converged, iterations
