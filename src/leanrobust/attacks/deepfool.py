@@ -32,9 +32,9 @@ def deepfool(model: nn.Module, x: torch.Tensor, *, norm: str = "l2", steps: int 
     """DeepFool against the model's clean prediction, in eval mode (modes restored after).
 
     Each iteration: one forward on the samples not yet fooled, then one backward per candidate
-    class (retain_graph) for the gradients of f_k - f_label, then a no-grad forward to check the
-    new iterate; step to the nearest linearised
-    boundary, l = argmin_k |f_k| / ||w_k||_q (q = 2 for l2, q = 1 for linf), with
+    class (retain_graph) for the gradients of f_k - f_label; step to the nearest linearised
+    boundary (a no-grad forward then checks the new iterate),
+    l = argmin_k |f_k| / ||w_k||_q (q = 2 for l2, q = 1 for linf), with
     r = (|f_l| + 1e-4) w_l / ||w_l||_2^2 (l2) or (|f_l| + 1e-4) sign(w_l) / ||w_l||_1 (linf), as
     in the reference code. candidates: the top classes of the clean logits considered (10 in the
     reference code; all classes for 10-class data; 3 keeps the ranking of margins at a third of the
@@ -114,8 +114,7 @@ def _deepfool(model, x, norm, steps, overshoot, candidates, clip, capacity):
                 zf = z.detach()[fresh]
                 label = zf.argmax(1, keepdim=True)
                 cand[active[fresh]] = zf.scatter(1, label, float("inf")).topk(cand.shape[1], dim=1).indices
-            if cand.shape[1] < 2 or steps == 0:  # nothing to step towards
-                iterations[active] = 0
+            if cand.shape[1] < 2 or steps == 0:  # nothing to step towards: not converged
                 active = active[:0]
                 continue
             f, w = _class_grads(z, cand[active], xa)
