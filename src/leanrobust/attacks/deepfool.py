@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .common import channels_last, check_norm, eval_mode, flat_norm
+from .conv_input_grad import input_grad_convs
 
 
 class DeepFoolResult(NamedTuple):
@@ -55,7 +56,8 @@ def deepfool(model: nn.Module, x: torch.Tensor, *, norm: str = "l2", steps: int 
     capacity = x.shape[0] if batch_size is None else int(batch_size)
     if capacity < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    with eval_mode(model), (channels_last(model) if image else contextlib.nullcontext()):
+    with eval_mode(model), (channels_last(model) if image else contextlib.nullcontext()), \
+            (input_grad_convs(model) if image else contextlib.nullcontext()):
         out = _deepfool(model, x, norm, steps, overshoot, candidates, clip, capacity)
     if image:
         out = [t.contiguous(memory_format=layout) if t.ndim == 4 else t for t in out]
