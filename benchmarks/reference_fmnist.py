@@ -119,8 +119,8 @@ def markdown(rows: list[dict]) -> str:
                      f"{ev.get('eval_seconds', 0):.0f} | {aa_s:.0f} |")
     if any(aa_totals(r["name"])[0] < N_TEST for r in rows):
         lines += ["", "AutoAttack is not yet on the full test set for every row: the AA column covers only the "
-                      "points in the AA points column (standard AutoAttack takes about 3 s per point on 2 CPU "
-                      "cores; rerun the command to add chunks)."]
+                      "points in the AA points column (standard AutoAttack took about 1.5 s per point on 2 CPU "
+                      "cores here; rerun the command to add chunks)."]
     return "\n".join(lines) + "\n"
 
 

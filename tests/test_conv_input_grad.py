@@ -61,3 +61,15 @@ def test_context_restores_on_error():
         with input_grad_convs(net):
             raise RuntimeError("attack failed")
     assert all("forward" not in vars(m) for m in net.modules())
+
+
+def test_context_leaves_autocast_and_no_grad_to_pytorch():
+    torch.manual_seed(0)
+    net = _net()
+    x = torch.rand(2, 1, 12, 12, requires_grad=True)
+    net(x)
+    with input_grad_convs(net):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(x)
+        out.float().sum().backward()  # PyTorch's conv under autocast: weights get gradients
+        assert net[0].weight.grad is not None

@@ -58,13 +58,14 @@ def _eligible(m: nn.Module) -> bool:
 def input_grad_convs(model: nn.Module) -> Iterator[nn.Module]:
     """Inside, every plain stride-1 nn.Conv2d of the model on the CPU passes gradients to its
     input only (its weight and bias get none) through `conv_input_grad`; forward values are
-    unchanged. For attacks, which differentiate with respect to the input; the modules' own
+    unchanged (under CPU autocast or mixed dtypes PyTorch's own convolution runs). For attacks, which differentiate with respect to the input; the modules' own
     forward is restored on exit."""
     patched = [m for m in model.modules() if _eligible(m)]
 
     def fast_forward(m: nn.Conv2d):
         def forward(x: torch.Tensor) -> torch.Tensor:
-            if torch.is_grad_enabled() and x.requires_grad:
+            if (torch.is_grad_enabled() and x.requires_grad and x.dtype == m.weight.dtype
+                    and not torch.is_autocast_enabled("cpu")):
                 return _InputGradConv2d.apply(x, m.weight.detach(),
                                               None if m.bias is None else m.bias.detach(), m.padding)
             return F.conv2d(x, m.weight, m.bias, padding=m.padding)
