@@ -50,16 +50,16 @@ class _InputGradConv2d(torch.autograd.Function):
 
 
 def _eligible(m: nn.Module) -> bool:
-    return (type(m) is nn.Conv2d and "forward" not in vars(m) and m.stride == (1, 1) and m.dilation == (1, 1) and m.groups == 1
-            and m.padding_mode == "zeros" and not isinstance(m.padding, str) and m.weight.device.type == "cpu")
+    return (type(m) is nn.Conv2d and "forward" not in vars(m) and m.stride == (1, 1) and m.dilation == (1, 1)
+            and m.groups == 1 and m.padding_mode == "zeros" and not isinstance(m.padding, str) and m.weight.device.type == "cpu")
 
 
 @contextlib.contextmanager
 def input_grad_convs(model: nn.Module) -> Iterator[nn.Module]:
     """Inside, every plain stride-1 nn.Conv2d of the model on the CPU passes gradients to its
     input only (its weight and bias get none) through `conv_input_grad`; forward values are
-    unchanged (under CPU autocast or mixed dtypes PyTorch's own convolution runs). For attacks, which differentiate with respect to the input; the modules' own
-    forward is restored on exit."""
+    unchanged (under CPU autocast or mixed dtypes PyTorch's own convolution runs). For attacks,
+    which differentiate with respect to the input; the modules' own forward is restored on exit."""
     patched = [m for m in model.modules() if _eligible(m)]
 
     def fast_forward(m: nn.Conv2d):
