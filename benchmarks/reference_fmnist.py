@@ -18,7 +18,6 @@ Two stages, both resumable, so that CPU sessions of a few hours can finish it (a
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from common import RESULTS, append_row, device_label, done_rows, pct, run_table
 from leanrobust import load
 from leanrobust.attacks import autoattack
 from leanrobust.data import load_dataset, to_float
+from leanrobust.evaluate import predict
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 MODELS = RESULTS / "reference_fmnist_models"
@@ -83,7 +83,7 @@ def autoattack_chunks(names: list[str], chunk: int, minutes: float | None, devic
             res = autoattack(model, x, y, eps=EPS, norm="linf", version="standard", seed=0,
                              batch_size=batch_size, state_path=state)
             with torch.no_grad():
-                clean = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(500), y.split(500)))
+                clean = int((predict(model, x, 500, dev) == y.cpu()).sum())
             row = {"name": row_name, "model": name, "start": start, "end": end, "n": end - start,
                    "clean_correct": clean, "robust_correct": int(res.robust.sum()),
                    "seconds": time.perf_counter() - t, "device": device_label(device), "batch_size": batch_size,

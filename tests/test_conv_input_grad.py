@@ -63,7 +63,7 @@ def test_context_restores_on_error():
     assert all("forward" not in vars(m) for m in net.modules())
 
 
-def test_context_leaves_autocast_and_no_grad_to_pytorch():
+def test_context_leaves_autocast_to_pytorch():
     torch.manual_seed(0)
     net = _net()
     x = torch.rand(2, 1, 12, 12, requires_grad=True)
