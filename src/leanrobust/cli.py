@@ -1,4 +1,4 @@
-"""The `leanrobust` command line: train, resume and evaluate (more commands per method)."""
+"""The `leanrobust` command line: train, resume, evaluate and report (more commands per method)."""
 from __future__ import annotations
 
 import json
@@ -96,6 +96,28 @@ def eval_(run_dir: Path = typer.Argument(..., help="run directory or model.safet
         typer.echo(json.dumps(res, indent=2))
     else:
         _print_accuracies(res)
+
+
+@app.command()
+def report(paths: List[Path] = typer.Argument(..., help="run directories, or folders holding them"),
+           attack: Optional[str] = typer.Option(None, help="rank by this attack (default: AutoAttack if every run has "
+                                                           "it, else the strongest attack every run has)"),
+           out: Path = typer.Option(Path("runs/report"), "--out", help="folder for report.md, report.json, report.png"),
+           as_json: bool = typer.Option(False, "--json", help="print JSON only"),
+           ) -> None:
+    """Compare finished runs: a table and the accuracy-robustness trade-off plot."""
+    from .report import build_report, to_markdown, write_report
+
+    try:
+        rep = build_report(list(paths), attack=attack)
+        files = write_report(rep, out)
+    except KNOWN_ERRORS as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(rep.to_dict(), indent=2))
+        return
+    typer.echo(to_markdown(rep))
+    typer.echo("wrote " + ", ".join(str(f) for f in files.values()))
 
 
 def _print_accuracies(res: dict) -> None:

@@ -1,0 +1,272 @@
+"""Compare finished runs: one table (markdown + JSON) and the accuracy-robustness trade-off plot
+(clean vs robust accuracy, and robust accuracy vs training cost), read from run directories.
+
+Each run contributes its summary.json and any `leanrobust eval` results (eval_*.json) at the
+run's own threat model; for every attack the evaluation on the most test points is kept."""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .io import write_json, write_text
+from .train import CHECKPOINT, CONFIG, SUMMARY
+
+FAST_AA = "autoattack_fast"  # APGD-CE + APGD-T only: an upper bound on standard AutoAttack's accuracy
+_STEPS = re.compile(r"^(pgd|cw)(\d+)$")
+
+
+@dataclass
+class RunRecord:
+    """One finished run as the report sees it. robust: attack -> (accuracy, test points)."""
+
+    name: str
+    path: str
+    objective: str
+    data: str
+    norm: str
+    eps: float
+    n_train: int
+    train_seconds: float
+    grad_evals: int
+    clean_acc: float
+    n: int
+    robust: dict[str, tuple[float, int]] = field(default_factory=dict)
+    device: str = ""
+
+
+@dataclass
+class Report:
+    """records sorted by robust accuracy under `attack` (best first); front: names of the runs on
+    the clean/robust Pareto front; skipped: path -> why it is not in the table."""
+
+    records: list[RunRecord]
+    attack: str
+    front: list[str]
+    skipped: dict[str, str]
+    threat_models: list[str]
+
+    def to_dict(self) -> dict:
+        return {"attack": self.attack, "front": self.front, "skipped": self.skipped,
+                "threat_models": self.threat_models, "runs": [asdict(r) for r in self.records]}
+
+
+def find_runs(paths: list[str | Path]) -> tuple[list[Path], dict[str, str]]:
+    """Run directories among `paths` (each a run directory or a folder of them, one level down):
+    (finished runs, {unfinished run: why skipped}). Raises FileNotFoundError naming a path that does
+    not exist or holds no run."""
+    finished: list[Path] = []
+    skipped: dict[str, str] = {}
+
+    def visit(d: Path) -> bool:
+        if (d / SUMMARY).is_file():
+            finished.append(d)
+            return True
+        if (d / CHECKPOINT).is_file() or (d / CONFIG).is_file():
+            skipped[str(d)] = f"unfinished (no {SUMMARY}): continue it with `leanrobust resume {d}`"
+            return True
+        return False
+
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} does not exist")
+        if not p.is_dir():
+            raise ValueError(f"{p} is not a directory: give run directories or a folder holding them")
+        if not visit(p) and not any([visit(c) for c in sorted(p.iterdir()) if c.is_dir()]):
+            raise FileNotFoundError(f"{p} holds no leanrobust run ({SUMMARY}, {CONFIG} or {CHECKPOINT}), "
+                                    "nor do its sub-directories")
+    return list(dict.fromkeys(finished)), skipped
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return obj
+
+
+def _attack_key(name: str, ev: dict) -> str:
+    return FAST_AA if name == "autoattack" and ev.get("autoattack_version") == "fast" else name
+
+
+def _points(name: str, ev: dict) -> int:
+    return int(ev.get("autoattack_n") or ev["n"]) if name == "autoattack" else int(ev["n"])
+
+
+def describe_data(cfg: dict) -> str:
+    """A short description of what the run trained on: subset, selection, pool, generated data."""
+    data, sel = cfg.get("data", {}), cfg.get("selection", {})
+    parts = []
+    if data.get("train_subset"):
+        parts.append(f"subset {data['train_subset']}")
+    if sel.get("method", "none") != "none":
+        dyn = f" every {sel['every']}" if sel.get("every") else ""
+        parts.append(f"{sel['method']} {100 * sel.get('fraction', 1.0):.0f}%{dyn}")
+    if data.get("selection"):
+        parts.append(f"selection {Path(data['selection']).stem}")
+    if data.get("pool"):
+        parts.append(f"pool {Path(data['pool']).stem}")
+    if data.get("generated"):
+        parts.append(f"+gen {Path(data['generated']).stem} {100 * data.get('gen_fraction', 0.7):.0f}%")
+    return ", ".join(parts) or "full"
+
+
+def read_run(run_dir: str | Path) -> RunRecord:
+    """A finished run's record: summary.json plus the run's eval_*.json at the same threat model
+    (the evaluation on the most test points wins, per attack and for clean accuracy)."""
+    run_dir = Path(run_dir)
+    s = _read_json(run_dir / SUMMARY)
+    missing = [k for k in ("clean_acc", "robust_acc", "eval", "config") if k not in s]
+    if missing:
+        raise ValueError(f"{run_dir / SUMMARY}: missing {missing}; is this a leanrobust summary?")
+    cfg = s["config"]
+    obj = cfg.get("objective", {})
+    norm, eps = obj.get("norm", "linf"), float(obj.get("eps", 0.0))
+    ev0 = {**s["eval"], "clean_acc": s["clean_acc"], "robust_acc": s["robust_acc"]}
+    evals = [ev0]
+    for f in sorted(run_dir.glob("eval_*.json"), key=lambda f: f.stat().st_mtime):
+        ev = _read_json(f)
+        if ev.get("norm") == norm and math.isclose(float(ev.get("eps", -1)), eps, abs_tol=1e-9) and "n" in ev:
+            evals.append(ev)
+    clean, n = s["clean_acc"], int(s["eval"].get("n", 0))
+    robust: dict[str, tuple[float, int]] = {}
+    for ev in evals:
+        if int(ev["n"]) >= n:
+            clean, n = float(ev["clean_acc"]), int(ev["n"])
+        for name, acc in ev.get("robust_acc", {}).items():
+            key, pts = _attack_key(name, ev), _points(name, ev)
+            if key not in robust or pts >= robust[key][1]:
+                robust[key] = (float(acc), pts)
+    return RunRecord(name=run_dir.name, path=str(run_dir), objective=obj.get("name", "?"), data=describe_data(cfg),
+                     norm=norm, eps=eps, n_train=int(s.get("n_train", 0)), train_seconds=float(s.get("train_seconds", 0)),
+                     grad_evals=int(s.get("grad_evals", 0)), clean_acc=float(clean), n=n, robust=robust,
+                     device=str(s.get("device", "")))
+
+
+def _attack_order(name: str) -> tuple:
+    m = _STEPS.match(name)
+    if m:
+        return (0 if m.group(1) == "pgd" else 1, int(m.group(2)), name)
+    return (2 if name == FAST_AA else 3 if name == "autoattack" else 4, 0, name)
+
+
+def default_attack(records: list[RunRecord]) -> str:
+    """Standard AutoAttack when every run has it, then the fast version; otherwise the attack every
+    run has with the lowest mean accuracy (the empirically strongest)."""
+    common = set.intersection(*(set(r.robust) for r in records)) if records else set()
+    if not common:
+        raise ValueError("no attack was evaluated on every run; pick one with --attack "
+                         f"(evaluated: {sorted(set().union(*(r.robust for r in records)), key=_attack_order)})")
+    for aa in ("autoattack", FAST_AA):
+        if aa in common:
+            return aa
+    return min(sorted(common), key=lambda a: sum(r.robust[a][0] for r in records))
+
+
+def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
+    """Names whose (clean, robust) no other point matches or beats in both with one strictly better."""
+    def dominated(a):
+        return any(b[0] >= a[0] and b[1] >= a[1] and b != a for b in points.values())
+    return [k for k, v in points.items() if not dominated(v)]
+
+
+def build_report(paths: list[str | Path], attack: Optional[str] = None) -> Report:
+    """Collect the finished runs under `paths` and rank them under `attack` (default: see default_attack)."""
+    dirs, skipped = find_runs(paths)
+    records = [read_run(d) for d in dirs]
+    if not records:
+        raise ValueError("no finished run to report: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    names = [r.name for r in records]
+    if len(set(names)) < len(names):  # same directory name under different parents: use the path
+        for r in records:
+            r.name = r.path
+    attack = attack or default_attack(records)
+    how = "--attacks autoattack --aa-version fast" if attack == FAST_AA else f"--attacks {attack}"
+    lacking = [r for r in records if attack not in r.robust]
+    if len(lacking) == len(records):
+        raise ValueError(f"no run was evaluated with {attack!r}; evaluate with `leanrobust eval RUN {how}`")
+    for r in lacking:
+        skipped[r.path] = f"not evaluated with {attack} (run `leanrobust eval {r.path} {how}`)"
+    ranked = sorted((r for r in records if attack in r.robust), key=lambda r: -r.robust[attack][0])
+    front = pareto_front({r.name: (r.clean_acc, r.robust[attack][0]) for r in ranked})
+    threats = sorted({f"{r.norm} eps={r.eps:g}" for r in ranked})
+    return Report(records=ranked, attack=attack, front=front, skipped=skipped, threat_models=threats)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def to_markdown(rep: Report) -> str:
+    attacks = sorted(set().union(*(r.robust for r in rep.records)), key=_attack_order)
+    lines = [f"# Runs ranked by robust accuracy under {rep.attack}", ""]
+    if len(rep.threat_models) > 1:
+        lines += [f"**Warning:** the runs have different threat models ({'; '.join(rep.threat_models)}): "
+                  "their robust accuracies are not comparable.", ""]
+    lines += ["Accuracies in %; a number in brackets is the count of test points when it differs from the clean "
+              f"column's. front: on the clean / {rep.attack} Pareto front. {FAST_AA}: APGD-CE + APGD-T only (an upper "
+              "bound on standard AutoAttack's accuracy).", "",
+              "| run | objective | data | threat | n_train | clean (n) | " + " | ".join(attacks)
+              + " | train s | grad evals | device | front |",
+              "|---" * (10 + len(attacks)) + "|"]
+    for r in rep.records:
+        cells = []
+        for a in attacks:
+            if a not in r.robust:
+                cells.append("-")
+                continue
+            acc, pts = r.robust[a]
+            cells.append(_pct(acc) + ("" if pts == r.n else f" ({pts})"))
+        lines.append(f"| {r.name} | {r.objective} | {r.data} | {r.norm} {r.eps:g} | {r.n_train} | "
+                     f"{_pct(r.clean_acc)} ({r.n}) | " + " | ".join(cells)
+                     + f" | {r.train_seconds:.0f} | {r.grad_evals:,} | {r.device} | {'*' if r.name in rep.front else ''} |")
+    if rep.skipped:
+        lines += ["", "Not in the table:"] + [f"- {k}: {v}" for k, v in rep.skipped.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rep: Report, path: str | Path) -> Path:
+    """Left: clean vs robust accuracy with the Pareto front; right: robust accuracy vs training
+    cost (forward+backward passes). One marker per threat model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    markers = dict(zip(rep.threat_models, "osD^v<>p*h"))
+    for tm, mk in markers.items():
+        rs = [r for r in rep.records if f"{r.norm} eps={r.eps:g}" == tm]
+        ax1.scatter([100 * r.clean_acc for r in rs], [100 * r.robust[rep.attack][0] for r in rs], marker=mk, label=tm)
+        ax2.scatter([max(r.grad_evals, 1) for r in rs], [100 * r.robust[rep.attack][0] for r in rs], marker=mk, label=tm)
+    front = sorted((r for r in rep.records if r.name in rep.front), key=lambda r: r.clean_acc)
+    ax1.plot([100 * r.clean_acc for r in front], [100 * r.robust[rep.attack][0] for r in front], "k--", lw=0.8,
+             drawstyle="steps-pre", label="Pareto front")  # a staircase: no interpolation between runs
+    for r in rep.records:
+        y = 100 * r.robust[rep.attack][0]
+        ax1.annotate(r.name, (100 * r.clean_acc, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax2.annotate(r.name, (max(r.grad_evals, 1), y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax1.set(xlabel="clean accuracy (%)", ylabel=f"{rep.attack} accuracy (%)", title="accuracy-robustness trade-off")
+    ax2.set(xscale="log", xlabel="training cost (samples forwarded with gradients)", ylabel=f"{rep.attack} accuracy (%)",
+            title="robustness per compute")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(rep: Report, out_dir: str | Path) -> dict[str, Path]:
+    """report.md, report.json and report.png in out_dir."""
+    out = Path(out_dir)
+    return {"md": write_text(out / "report.md", to_markdown(rep)), "json": write_json(out / "report.json", rep.to_dict()),
+            "png": plot(rep, out / "report.png")}
