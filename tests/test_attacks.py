@@ -353,6 +353,25 @@ def test_autoattack_standard_small(aa_setup):
     assert all(p.requires_grad for p in model.parameters())
 
 
+def test_autoattack_cpu_fast_paths_give_the_plain_result_and_restore_the_model(aa_setup, monkeypatch):
+    import contextlib
+    import sys
+
+    aa_mod = sys.modules["leanrobust.attacks.autoattack"]  # the package re-exports the function of that name
+
+    model, x, y = aa_setup
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs
+    kw = dict(eps=0.05, version="custom", attacks=["apgd-ce", "apgd-t"], batch_size=8)
+    fast = autoattack(model, x, y, **kw)
+    assert all("forward" not in vars(m) and m.weight.is_contiguous() for m in convs)  # restored
+    assert all(p.grad is None for p in model.parameters())
+    monkeypatch.setattr(aa_mod, "_cpu_fast_paths", lambda model, device: contextlib.nullcontext())
+    plain = autoattack(model, x, y, **kw)
+    assert torch.equal(fast.robust, plain.robust)
+    assert torch.allclose(fast.x_adv, plain.x_adv, atol=1e-4)
+
+
 def test_autoattack_state_file_resumes(aa_setup, tmp_path, monkeypatch):
     import pyautoattack.autopgd_base as apgd
 

