@@ -2,6 +2,7 @@
 margin loss, and the reference AutoAttack through pyautoattack), on the same points."""
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .attacks import autoattack, pgd
-from .attacks.common import eval_mode
+from .attacks.common import channels_last, eval_mode
 
 _ATTACK_RE = re.compile(r"^(pgd|cw)(\d+)$")
 AA_VERSIONS = {"standard": None, "fast": ["apgd-ce", "apgd-t"]}
@@ -49,30 +50,32 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     attacks = parse_attacks(attacks)
     n = len(labels) if n is None else min(n, len(labels))
     x, y = _to_float(images[:n]), labels[:n].long()
-    t0 = time.perf_counter()
-    result: dict = {"n": n, "eps": eps, "norm": norm, "robust_acc": {}}
-    clean_correct = predict(model, x, batch_size, device) == y
-    result["clean_acc"] = clean_correct.float().mean().item()
-    for name in attacks:
-        if name == "autoattack":
-            m = n if autoattack_n is None else min(autoattack_n, n)
-            state = Path(state_dir) / f"autoattack_{autoattack_version}_{m}.json" if state_dir else None
-            res = autoattack(model, x[:m].to(device), y[:m].to(device), eps=eps, norm=norm,
-                             version="standard" if autoattack_version == "standard" else "custom",
-                             attacks=AA_VERSIONS[autoattack_version], seed=seed, batch_size=batch_size,
-                             state_path=state, device=device)
-            result["robust_acc"]["autoattack"] = float(res.accuracy)
-            result["autoattack_n"] = m
-            result["autoattack_version"] = autoattack_version
-            continue
-        kind, steps = _ATTACK_RE.match(name).groups()
-        torch.manual_seed(seed)
-        correct = []
-        for i in tqdm(range(0, n, batch_size), desc=f"eval {name}", disable=not progress, leave=False):
-            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-            xa = pgd(model, xb, yb, eps, steps=int(steps), norm=norm, loss="ce" if kind == "pgd" else "cw")
-            with torch.no_grad(), eval_mode(model):
-                correct.append((model(xa).argmax(1) == yb).cpu())
-        result["robust_acc"][name] = torch.cat(correct).float().mean().item()
-    result["eval_seconds"] = time.perf_counter() - t0
+    # NHWC weights on the CPU: oneDNN's pooling and convolutions run faster (PGD-20: 1.09x on 2 cores)
+    with channels_last(model) if device.type == "cpu" else contextlib.nullcontext():
+        t0 = time.perf_counter()
+        result: dict = {"n": n, "eps": eps, "norm": norm, "robust_acc": {}}
+        clean_correct = predict(model, x, batch_size, device) == y
+        result["clean_acc"] = clean_correct.float().mean().item()
+        for name in attacks:
+            if name == "autoattack":
+                m = n if autoattack_n is None else min(autoattack_n, n)
+                state = Path(state_dir) / f"autoattack_{autoattack_version}_{m}.json" if state_dir else None
+                res = autoattack(model, x[:m].to(device), y[:m].to(device), eps=eps, norm=norm,
+                                 version="standard" if autoattack_version == "standard" else "custom",
+                                 attacks=AA_VERSIONS[autoattack_version], seed=seed, batch_size=batch_size,
+                                 state_path=state, device=device)
+                result["robust_acc"]["autoattack"] = float(res.accuracy)
+                result["autoattack_n"] = m
+                result["autoattack_version"] = autoattack_version
+                continue
+            kind, steps = _ATTACK_RE.match(name).groups()
+            torch.manual_seed(seed)
+            correct = []
+            for i in tqdm(range(0, n, batch_size), desc=f"eval {name}", disable=not progress, leave=False):
+                xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+                xa = pgd(model, xb, yb, eps, steps=int(steps), norm=norm, loss="ce" if kind == "pgd" else "cw")
+                with torch.no_grad(), eval_mode(model):
+                    correct.append((model(xa).argmax(1) == yb).cpu())
+            result["robust_acc"][name] = torch.cat(correct).float().mean().item()
+        result["eval_seconds"] = time.perf_counter() - t0
     return result

@@ -103,7 +103,7 @@ class Trainer:
         info = self.data.info
         self.spec = model_spec(cfg, info)
         self.model = build_from_spec(self.spec).to(self.device)
-        if self.cuda and cfg.channels_last:
+        if cfg.channels_last:  # NHWC: faster cuDNN kernels on CUDA; on the CPU 1.03x for SmallCNN PGD-AT (noise-level)
             self.model = self.model.to(memory_format=torch.channels_last)
         self.counter = PassCounter()
         self.counter.attach(self.model)
@@ -148,7 +148,7 @@ class Trainer:
         positions = positions.to(self.device)
         idx = self.sel_indices[positions]
         x = augment_batch(self.pool.images[idx], crop_pad=self.crop_pad, flip=self.flip, generator=generator)
-        if self.cuda and self.cfg.channels_last:
+        if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, self.pool.labels[idx], self.sel_eps[positions], self.sel_weight[positions]
 
