@@ -117,10 +117,14 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['name']} | {r['device']} | {r.get('epochs')} ({r.get('best_epoch')}) | {pct(r['clean_acc'])} | "
                      f"{pct(ra.get('pgd20'))} | {pct(ra.get('cw20'))} | {aa} | {note} | {r['train_seconds']:.0f} | "
                      f"{ev.get('eval_seconds', 0):.0f} | {aa_s:.0f} |")
+    chunks = list(done_rows(RESULTS / "reference_fmnist_aa.jsonl").values())
+    for dev in sorted({c["device"] for c in chunks}):
+        per_point = [c["seconds"] / c["n"] for c in chunks if c["device"] == dev]
+        lines += ["", f"AutoAttack time per test point on {dev}: {min(per_point):.2f}-{max(per_point):.2f} s over "
+                      f"{len(per_point)} chunks (wall time, so it moves with the machine's load)."]
     if any(aa_totals(r["name"])[0] < N_TEST for r in rows):
         lines += ["", "AutoAttack is not yet on the full test set for every row: the AA column covers only the "
-                      "points in the AA points column (standard AutoAttack took about 1.5 s per point on 2 CPU "
-                      "cores here; rerun the command to add chunks)."]
+                      "points in the AA points column (rerun the command to add chunks)."]
     return "\n".join(lines) + "\n"
 
 
