@@ -372,6 +372,16 @@ def test_autoattack_cpu_fast_paths_give_the_plain_result_and_restore_the_model(a
     assert torch.allclose(fast.x_adv, plain.x_adv, atol=1e-4)
 
 
+def test_autoattack_progress_bar_names_the_attack_and_keeps_the_result(aa_setup, capsys):
+    model, x, y = aa_setup
+    kw = dict(eps=0.05, version="custom", attacks=["apgd-ce"], batch_size=4)
+    quiet = autoattack(model, x, y, **kw)
+    shown = autoattack(model, x, y, progress=True, **kw)
+    err = capsys.readouterr().err
+    assert "autoattack apgd-ce" in err and "robust=" in err
+    assert torch.equal(shown.robust, quiet.robust)
+
+
 def test_autoattack_state_file_resumes(aa_setup, tmp_path, monkeypatch):
     import pyautoattack.autopgd_base as apgd
 

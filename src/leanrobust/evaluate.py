@@ -63,7 +63,7 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                 res = autoattack(model, x[:m].to(device), y[:m].to(device), eps=eps, norm=norm,
                                  version="standard" if autoattack_version == "standard" else "custom",
                                  attacks=AA_VERSIONS[autoattack_version], seed=seed, batch_size=batch_size,
-                                 state_path=state, device=device)
+                                 state_path=state, device=device, progress=progress)
                 result["robust_acc"]["autoattack"] = float(res.accuracy)
                 result["autoattack_n"] = m
                 result["autoattack_version"] = autoattack_version

@@ -10,6 +10,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .common import channels_last, eval_mode
 from .conv_input_grad import input_grad_convs
@@ -30,7 +31,8 @@ class AutoAttackResult(NamedTuple):
 def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float | torch.Tensor,
                norm: str = "linf", version: str = "standard", attacks: Sequence[str] | None = None,
                seed: int | None = 0, batch_size: int = 250, state_path: str | Path | None = None,
-               device: str | torch.device | None = None, verbose: bool = False) -> AutoAttackResult:
+               device: str | torch.device | None = None, verbose: bool = False,
+               progress: bool = False) -> AutoAttackResult:
     """Run AutoAttack ("standard": APGD-CE, APGD-T, FAB-T, Square; "custom" with `attacks`).
 
     Attacks run one at a time on the points still robust, exactly as AutoAttack's own loop
@@ -44,7 +46,8 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     ourselves because pyautoattack 0.2.0 cannot resume from its own file (it writes the attack
     set with str() and compares it with a set; `y_adv` is unbound on resume). After a resume
     x_adv only holds the examples found in this call; `robust` accounts for all. Parameters
-    are frozen during the run, so no .grad is left on them (FAB calls backward). On the CPU the
+    are frozen during the run, so no .grad is left on them (FAB calls backward). progress: a bar
+    per attack over its batches, with the robust count so far. On the CPU the
     model runs with NHWC weights (oneDNN's max-pool is ~8x faster on NHWC) and input-only convolution
     gradients: 7.5% less time for standard AA on 100 Fashion-MNIST points of a SmallCNN (103 s -> 95 s)."""
     from pyautoattack import AutoAttack
@@ -81,6 +84,10 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
             # AutoAttack's own batches of the points robust at the attack's start, one call each:
             # every perturb() re-seeds, so this equals one call over all of them, and an interrupted
             # run loses at most one batch
+            n_batches = -(-idx.numel() // batch_size)
+            bar = tqdm(total=n_batches, initial=min(start, n_batches), desc=f"autoattack {name}", unit="batch",
+                       disable=not progress, leave=False, dynamic_ncols=True)
+            bar.set_postfix(robust=f"{int(robust.sum())}/{len(robust)}")
             for k, chunk in enumerate(idx.split(batch_size) if idx.numel() else ()):
                 if k < start:
                     continue
@@ -91,8 +98,11 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
                 robust[chunk[broken]] = False
                 state["partial"] = {"attack": name, "idx": idx.tolist(), "next": k + 1}
                 state["robust"] = robust.tolist()
-                if path is not None and k + 1 < -(-idx.numel() // batch_size):
+                if path is not None and k + 1 < n_batches:
                     _write_state(path, state)
+                bar.set_postfix(robust=f"{int(robust.sum())}/{len(robust)}")
+                bar.update()
+            bar.close()
             state.pop("partial", None)
             state["done"].append(name)
             state["robust"] = robust.tolist()
