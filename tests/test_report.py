@@ -122,6 +122,10 @@ def test_bad_paths_and_files_give_clear_errors(tmp_path):
     (bad / "summary.json").write_text("{not json")
     with pytest.raises(ValueError, match="summary.json: not a readable JSON"):
         read_run(bad)
+    odd = fake_run(tmp_path / "odd")
+    (odd / "eval_linf_0.1_5.json").write_text(json.dumps({"n": 5, "eps": 0.1, "norm": "linf"}))
+    with pytest.raises(ValueError, match="eval_linf_0.1_5.json: missing"):
+        read_run(odd)
     r = runner.invoke(app, ["report", str(tmp_path / "empty"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 2 and "holds no leanrobust run" in r.output
     assert not (tmp_path / "o").exists()

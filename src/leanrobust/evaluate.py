@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from .attacks import autoattack, pgd
 from .attacks.common import channels_last, eval_mode
 
-_ATTACK_RE = re.compile(r"^(pgd|cw)(\d+)$")
+ATTACK_RE = re.compile(r"^(pgd|cw)(\d+)$")  # pgdK / cwK: K steps
 AA_VERSIONS = {"standard": None, "fast": ["apgd-ce", "apgd-t"]}
 
 
@@ -24,7 +24,7 @@ def parse_attacks(names: list[str] | str) -> list[str]:
         names = [n for n in names.split(",") if n.strip()]
     out = []
     for n in (s.strip().lower() for s in names):
-        if n != "autoattack" and not _ATTACK_RE.match(n):
+        if n != "autoattack" and not ATTACK_RE.match(n):
             raise ValueError(f"unknown attack {n!r}: use pgdK, cwK (K = steps, e.g. pgd20, cw20) or autoattack")
         out.append(n)
     return out
@@ -68,7 +68,7 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                 result["autoattack_n"] = m
                 result["autoattack_version"] = autoattack_version
                 continue
-            kind, steps = _ATTACK_RE.match(name).groups()
+            kind, steps = ATTACK_RE.match(name).groups()
             torch.manual_seed(seed)
             correct = []
             for i in tqdm(range(0, n, batch_size), desc=f"eval {name}", disable=not progress, leave=False):

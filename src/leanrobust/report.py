@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .evaluate import ATTACK_RE
 from .io import write_json, write_text
 from .train import CHECKPOINT, CONFIG, SUMMARY
 
 FAST_AA = "autoattack_fast"  # APGD-CE + APGD-T only: an upper bound on standard AutoAttack's accuracy
-_STEPS = re.compile(r"^(pgd|cw)(\d+)$")
 
 
 @dataclass
@@ -75,6 +74,7 @@ def find_runs(paths: list[str | Path]) -> tuple[list[Path], dict[str, str]]:
             raise FileNotFoundError(f"{p} does not exist")
         if not p.is_dir():
             raise ValueError(f"{p} is not a directory: give run directories or a folder holding them")
+        # a list, not a generator: every sub-directory is visited, not only up to the first run
         if not visit(p) and not any([visit(c) for c in sorted(p.iterdir()) if c.is_dir()]):
             raise FileNotFoundError(f"{p} holds no leanrobust run ({SUMMARY}, {CONFIG} or {CHECKPOINT}), "
                                     "nor do its sub-directories")
@@ -132,7 +132,9 @@ def read_run(run_dir: str | Path) -> RunRecord:
     evals = [ev0]
     for f in sorted(run_dir.glob("eval_*.json"), key=lambda f: f.stat().st_mtime):
         ev = _read_json(f)
-        if ev.get("norm") == norm and math.isclose(float(ev.get("eps", -1)), eps, abs_tol=1e-9) and "n" in ev:
+        if not {"n", "clean_acc", "robust_acc"} <= ev.keys():
+            raise ValueError(f"{f}: missing n, clean_acc or robust_acc; is this a `leanrobust eval` result?")
+        if ev.get("norm") == norm and math.isclose(float(ev.get("eps", -1)), eps, abs_tol=1e-9):
             evals.append(ev)
     clean, n = s["clean_acc"], int(s["eval"].get("n", 0))
     robust: dict[str, tuple[float, int]] = {}
@@ -150,7 +152,7 @@ def read_run(run_dir: str | Path) -> RunRecord:
 
 
 def _attack_order(name: str) -> tuple:
-    m = _STEPS.match(name)
+    m = ATTACK_RE.match(name)
     if m:
         return (0 if m.group(1) == "pgd" else 1, int(m.group(2)), name)
     return (2 if name == FAST_AA else 3 if name == "autoattack" else 4, 0, name)
