@@ -427,7 +427,7 @@ def test_autoattack_resumes_inside_an_attack_from_the_last_finished_batch(aa_set
     with pytest.raises(KeyboardInterrupt):
         autoattack(model, x, y, state_path=path, **kw)
     state = json.loads(path.read_text())
-    assert state["done"] == [] and state["partial"]["attack"] == "apgd-ce" and state["partial"]["next"] == 1
+    assert state["done"] == [] and state["partial"]["attack"] == "apgd-ce" and state["partial"]["points"] == 3
     ran = []
     monkeypatch.setattr(apgd.APGDAttack, "perturb", lambda self, *a, **k: (ran.append(1), perturb(self, *a, **k))[1])
     resumed = autoattack(model, x, y, state_path=path, **kw)
@@ -435,6 +435,50 @@ def test_autoattack_resumes_inside_an_attack_from_the_last_finished_batch(aa_set
     assert torch.equal(resumed.robust, whole.robust)
     final = json.loads(path.read_text())
     assert final["done"] == ["apgd-ce"] and "partial" not in final
+
+
+def test_autoattack_resume_with_another_batch_size_attacks_exactly_the_rest(aa_setup, tmp_path, monkeypatch):
+    """The state counts points, not batches: resuming at a larger batch size neither skips unattacked
+    points (which would count them robust) nor repeats attacked ones."""
+    import pyautoattack.autopgd_base as apgd
+
+    model, x, y = aa_setup
+    kw = dict(eps=0.05, version="custom", attacks=["apgd-ce"])
+    path = tmp_path / "aa_state.json"
+    perturb = apgd.APGDAttack.perturb
+    calls = []
+
+    def second_batch_interrupts(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return perturb(self, *a, **k)
+
+    monkeypatch.setattr(apgd.APGDAttack, "perturb", second_batch_interrupts)
+    with pytest.raises(KeyboardInterrupt):
+        autoattack(model, x, y, state_path=path, batch_size=3, **kw)
+    to_attack = len(json.loads(path.read_text())["partial"]["idx"])
+    assert to_attack > 6
+    seen = []
+    monkeypatch.setattr(apgd.APGDAttack, "perturb",
+                        lambda self, xb, *a, **k: (seen.append(xb.shape[0]), perturb(self, xb, *a, **k))[1])
+    autoattack(model, x, y, state_path=path, batch_size=6, **kw)
+    assert sum(seen) == to_attack - 3 and max(seen) <= 6
+
+
+def test_autoattack_state_file_is_tied_to_the_weights(aa_setup, tmp_path):
+    model, x, y = aa_setup
+    kw = dict(eps=0.05, version="custom", attacks=["apgd-ce"], batch_size=8)
+    path = tmp_path / "aa_state.json"
+    autoattack(model, x, y, state_path=path, **kw)
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    with pytest.raises(ValueError, match="model"):
+        autoattack(model, x, y, state_path=path, **kw)
+    legacy = json.loads(path.read_text())
+    legacy.pop("model")  # a file from before the fingerprint cannot be checked: it is adopted
+    path.write_text(json.dumps(legacy))
+    autoattack(model, x, y, state_path=path, **kw)
 
 
 def test_autoattack_rejects_bad_arguments(aa_setup):
@@ -461,3 +505,25 @@ def test_autoattack_with_no_robust_point_left_attacks_nothing(aa_setup):
         wrong = (model(x).argmax(1) + 1) % 10  # every point misclassified before any attack
     res = autoattack(model, x, wrong, eps=0.05, version="custom", attacks=["apgd-ce", "apgd-t"], batch_size=4)
     assert res.accuracy == 0.0 and torch.equal(res.x_adv, x)
+
+
+class _FlatGradient(nn.Module):
+    """Predicts class 1 iff the mean pixel > 0.5, with a zero input gradient: PGD cannot move, so its
+    end point is its random start, which lands on the correct side for about half the points."""
+
+    def forward(self, x):
+        s = 50.0 * (x.detach().flatten(1).mean(1) - 0.5)
+        return torch.stack([-s, s], 1) + 0.0 * x.flatten(1).sum(1, keepdim=True)
+
+
+def test_evaluation_counts_a_misclassified_point_as_not_robust():
+    from leanrobust.evaluate import evaluate_model
+
+    x = torch.full((40, 1, 4, 4), 0.499)  # class 0 by the model, labelled 1: wrong on the clean point
+    y = torch.ones(40, dtype=torch.long)
+    model = _FlatGradient()
+    torch.manual_seed(0)
+    xa = pgd(model, x, y, 0.1, steps=2)
+    assert (model(xa).argmax(1) == y).any()  # the attack's end point is sometimes correct...
+    res = evaluate_model(model, x, y, eps=0.1, norm="linf", attacks=["pgd2", "cw2"], progress=False)
+    assert res["clean_acc"] == 0.0 and res["robust_acc"] == {"pgd2": 0.0, "cw2": 0.0}  # ...but never robust

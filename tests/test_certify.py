@@ -121,5 +121,11 @@ def test_certify_command_writes_json_and_summary(tmp_path):
     assert rep["num"] == 4 and len(rep["rows"]) == 4 and set(rep["certified_acc"]) == {"0", "0.1"}
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["certified_acc"] == rep["certified_acc"]
+    r = CliRunner().invoke(app, ["certify", str(run), "--sigma", "0.5", "--n0", "10", "--n", "100", "--num", "4",
+                                 "--radii", "0,0.1", "--batch-size", "50", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary["certified"]) == {"0.25", "0.5"}  # a second sigma keeps the first
+    assert summary["certified"]["0.25"]["certified_acc"] == rep["certified_acc"]
     r = CliRunner().invoke(app, ["certify", str(tmp_path), "--sigma", "0.25"])
     assert r.exit_code == 2 and "config.yaml" in r.output

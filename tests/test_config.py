@@ -57,3 +57,11 @@ def test_unknown_objective_param_is_rejected_by_name():
     with pytest.raises(ConfigError, match="steps"):  # a managed field, not a param
         validate_config({"objective": {"name": "trades", "params": {"steps": 3}}})
     assert validate_config({"objective": {"name": "gair_at", "params": {"lam": 0.0}}}).objective.params == {"lam": 0.0}
+
+
+def test_label_smoothing_an_objective_would_ignore_is_rejected():
+    for name in ("mart", "gair_at"):
+        with pytest.raises(ConfigError, match="label_smoothing.*trades"):
+            validate_config({"objective": {"name": name, "label_smoothing": 0.1}})
+        assert validate_config({"objective": {"name": name}}).objective.label_smoothing == 0.0
+    assert validate_config({"objective": {"name": "trades", "label_smoothing": 0.1}}).objective.label_smoothing == 0.1

@@ -131,10 +131,11 @@ def test_instance_weight_normalisation():
 
 
 def test_gair_lambda_schedule():
-    assert gair_lambda(0, 120) == math.inf and gair_lambda(59, 120) == math.inf
-    assert gair_lambda(60, 120) == -1.0 and gair_lambda(119, 120) == -1.0
-    assert gair_lambda(29, 100, begin_epoch=30) == math.inf
-    assert gair_lambda(30, 100, begin_epoch=30, lam_after=-2.0) == -2.0
+    # 0-based epochs; begin_epoch is 1-based as in the reference (`epoch + 1 >= begin_epoch`)
+    assert gair_lambda(0, 120) == math.inf and gair_lambda(58, 120) == math.inf
+    assert gair_lambda(59, 120) == -1.0 and gair_lambda(119, 120) == -1.0
+    assert gair_lambda(28, 100, begin_epoch=30) == math.inf
+    assert gair_lambda(29, 100, begin_epoch=30, lam_after=-2.0) == -2.0
 
 
 @pytest.mark.parametrize("weight", [None, torch.tensor([1.0, 0.0, 2.0, 0.5, 1.0, 1.0, 3.0, 1.0])])
@@ -163,15 +164,15 @@ def test_gair_at_reweights_by_kappa():
 
 
 def test_gair_trades_schedule():
-    """Default schedule: lambda 100 in the first half (every weight is 1, so the CW term vanishes
-    and the result equals TRADES with the same seed), then lambda 3 with the CW-PGD kappa."""
+    """Default schedule: lambda 100 before the 5th of 10 epochs (every weight is 1, so the CW term
+    vanishes and the result equals TRADES with the same seed), then lambda 3 with the CW-PGD kappa."""
     model = make_model()
     x, y = make_data(8)
     ref = run("trades", model, x, y, 0.1, None)
-    early = run("gair_trades", model, x, y, 0.1, None, epoch=4, num_epochs=10)
+    early = run("gair_trades", model, x, y, 0.1, None, epoch=3, num_epochs=10)
     assert early.extras["lambda"] == 100.0 and "kappa" not in early.extras
     torch.testing.assert_close(early.loss, ref.loss)
-    late = run("gair_trades", model, x, y, 0.1, None, epoch=5, num_epochs=10)
+    late = run("gair_trades", model, x, y, 0.1, None, epoch=4, num_epochs=10)
     assert late.extras["lambda"] == 3.0
     torch.testing.assert_close(late.extras["gair_weight"], gair_weights(late.extras["kappa"], 3, 3.0))
     assert not torch.allclose(late.loss, ref.loss)

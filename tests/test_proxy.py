@@ -200,6 +200,10 @@ def test_normalised_area():
     assert normalised_area([0, 0.1], [1.0, 1.0]) == pytest.approx(1.0)
     assert normalised_area([0, 0.1], [0.5, 0.4]) == 0.0
     assert normalised_area([0, 0.05, 0.1], [1.0, 0.5, 0.5]) == pytest.approx(0.25)
+    real = smooth_images(8, size=16)
+    for bad in ([0.05, 0.0], [0.0, 0.0], [-0.1, 0.1], []):  # unsorted radii gave negative trapezoids
+        with pytest.raises(ValueError, match="radii"):
+            robust_discrimination(real[:4], real[4:], radii=bad)
 
 
 def test_discrimination_area_shrinks_as_generated_data_approaches_real():

@@ -218,6 +218,16 @@ def test_omp_recovers_a_sparse_nonnegative_combination():
     np.testing.assert_allclose(w3[order], w_true, rtol=1e-4)
 
 
+def test_fista_step_bound_is_above_the_top_eigenvalue():
+    from leanrobust.selection.gradmatch import _top_eig
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((120, 200))
+    g = a @ a.T
+    top = np.linalg.eigvalsh(g)[-1]
+    assert top <= _top_eig(g) <= 1.02 * top  # 1/L must not exceed 1/lambda_max (FISTA's step)
+
+
 def test_gradmatch_gradients_and_selection():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.ReLU(), nn.Linear(6, 3))
@@ -280,6 +290,10 @@ def test_static_selection_once_and_full_pool_before_start():
         make_selection_hook(fake_trainer(method="loss", params={"q": 0.1})[0])
     with pytest.raises(ValueError, match="unknown selection.method"):
         make_selection_hook(fake_trainer(method="bogus")[0])
+    with pytest.raises(ValueError, match="highest margins"):  # was silently ignored
+        make_selection_hook(fake_trainer(method="puma", prune="lowest")[0])
+    with pytest.raises(ValueError, match="gradmatch"):
+        make_selection_hook(fake_trainer(method="gradmatch", prune="highest")[0])
 
 
 def test_dynamic_selection_in_a_real_trainer_counts_scoring_passes(tmp_path):
@@ -365,6 +379,11 @@ def test_cli_select_writes_a_selection_that_loads(tmp_path):
                                   "--out", str(tmp_path / "puma.npz")])
     assert r.exit_code == 0, r.output
     assert Selection.load(tmp_path / "puma.npz").eps.max() <= np.float32(0.1)
+    write_scores(tmp_path / "l2.npz", rng.random(n), np.arange(n) % 4, np.arange(n), np.zeros(n, bool),
+                 {"method": "margin", "eps": 0.1, "norm": "linf", "params": {"margin_norm": "l2"}})
+    r = runner.invoke(cli_app(), ["select", str(tmp_path / "l2.npz"), "--fraction", "0.5", "--puma",
+                                  "--out", str(tmp_path / "bad.npz")])
+    assert r.exit_code == 2 and "l2 margins" in r.output and not (tmp_path / "bad.npz").exists()
     r = runner.invoke(cli_app(), ["select", str(tmp_path / "s.npz"), "--fraction", "0", "--out",
                                   str(tmp_path / "x.npz")])
     assert r.exit_code == 2 and "fraction" in r.output

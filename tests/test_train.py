@@ -196,8 +196,8 @@ def test_generated_pool_is_mixed_at_the_configured_fraction(tmp_path):
     gen_share = [float(tr.pool.is_generated[tr.sel_indices[b]].float().mean()) for b in batches]
     assert gen_share == [0.5] * len(batches)
     summary = tr.fit()
-    # an epoch is the real set's size over the real images per batch (Wang et al. 2023)
-    assert summary["samples_seen"] == (256 // 32) * 64 and summary["n_real"] == 256
+    # an epoch is the real set's size over the batch size (Wang et al. 2023)
+    assert summary["samples_seen"] == (256 // 64) * 64 and summary["n_real"] == 256
     assert summary["grad_evals"] == summary["samples_seen"]  # noise training: one pass per sample
 
 

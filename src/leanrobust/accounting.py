@@ -12,24 +12,40 @@ from torch import nn
 
 @dataclass
 class PassCounter:
-    """Training cost in samples. grad_evals: samples forwarded with grad enabled (each is a forward + backward pass);
-    forward_evals: samples forwarded without grad (clean checks)."""
+    """Training cost in samples. grad_evals: forward + backward passes, i.e. samples forwarded with grad
+    enabled, plus one more per extra backward pass through the same forward (DeepFool's C-1 class
+    gradients from one forward count C-1); forward_evals: samples forwarded without grad (clean checks)."""
 
     grad_evals: int = 0
     forward_evals: int = 0
     active: bool = True
 
     def attach(self, model: nn.Module) -> torch.utils.hooks.RemovableHandle:
-        def hook(_module, inputs, _output):
+        def hook(_module, inputs, output):
             if not self.active:
                 return
             n = int(inputs[0].shape[0]) if inputs and torch.is_tensor(inputs[0]) else 0
             if torch.is_grad_enabled():
                 self.grad_evals += n
+                out = output if torch.is_tensor(output) else None
+                if out is not None and out.requires_grad:
+                    out.register_hook(self._backward_counter(n))
             else:
                 self.forward_evals += n
 
         return model.register_forward_hook(hook)
+
+    def _backward_counter(self, n: int):
+        """A hook on one forward's output: its first backward pass is already counted, each further one adds n."""
+        passes = 0
+
+        def on_backward(_grad):
+            nonlocal passes
+            passes += 1
+            if passes > 1:
+                self.grad_evals += n
+
+        return on_backward
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:

@@ -122,7 +122,9 @@ def certify_run(run_dir: str | Path, *, sigma: float, n0: int = 100, n: int = 10
     write_json(run_dir / f"certify_{sigma:g}.json", report)
     if (run_dir / SUMMARY).exists():
         summary = json.loads((run_dir / SUMMARY).read_text())
-        summary["certified_acc"] = acc
+        summary["certified_acc"] = acc  # the latest call's; every sigma's stays under "certified"
         summary["certify"] = {k: report[k] for k in ("sigma", "n0", "n", "alpha", "num", "abstain_rate")}
+        summary.setdefault("certified", {})[f"{sigma:g}"] = {**summary["certify"], "certified_acc": acc,
+                                                            "acr": report["acr"]}
         write_json(run_dir / SUMMARY, summary)
     return report

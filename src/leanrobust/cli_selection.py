@@ -169,6 +169,10 @@ def register(app: typer.Typer) -> None:
                     raise ValueError(f"--puma needs margin scores, {scores_path} holds {meta.get('method')!r}")
                 if prune != "highest":
                     raise ValueError("--puma always prunes the highest margins; drop --prune lowest")
+                margin_norm = (meta.get("params") or {}).get("margin_norm")
+                if margin_norm and meta.get("norm") and margin_norm != meta["norm"]:
+                    raise ValueError(f"--puma: {scores_path} holds {margin_norm} margins but its eps is in "
+                                     f"{meta['norm']}; PUMA's radii need margins in the training norm")
                 sel = puma_selection(s, y, fraction=fraction, eps=float(base_eps), q=q, floor=floor, scale=scale,
                                      class_balanced=class_balanced)
             else:

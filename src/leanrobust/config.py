@@ -152,6 +152,23 @@ class RunConfig(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _label_smoothing_is_used(self) -> "RunConfig":
+        """A non-zero objective.label_smoothing with an objective that has no such argument (MART,
+        GAIR-AT, MAIL-AT) would be dropped silently: reject it, naming the objectives that take it."""
+        import inspect
+
+        from .objectives import OBJECTIVES
+
+        fn = OBJECTIVES.get(self.objective.name)
+        if fn is None or not self.objective.label_smoothing:
+            return self
+        if "label_smoothing" not in inspect.signature(fn).parameters:
+            takers = sorted(n for n, f in OBJECTIVES.items() if "label_smoothing" in inspect.signature(f).parameters)
+            raise ValueError(f"objective.label_smoothing={self.objective.label_smoothing} is not used by objective "
+                             f"{self.objective.name!r}; objectives with label smoothing: {', '.join(takers)}")
+        return self
+
+    @model_validator(mode="after")
     def _npz_needs_paths(self) -> "RunConfig":
         if self.data.dataset == "npz" and (not self.data.path or not self.data.num_classes):
             raise ValueError("data.dataset 'npz' needs data.path and data.num_classes")

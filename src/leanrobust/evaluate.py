@@ -76,6 +76,7 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                 xa = pgd(model, xb, yb, eps, steps=int(steps), norm=norm, loss="ce" if kind == "pgd" else "cw")
                 with torch.no_grad(), eval_mode(model):
                     correct.append((model(xa).argmax(1) == yb).cpu())
-            result["robust_acc"][name] = torch.cat(correct).float().mean().item()
+            # robust = correct on x and on x_adv (as AutoAttack counts): a misclassified point is not robust
+            result["robust_acc"][name] = (torch.cat(correct) & clean_correct.cpu()).float().mean().item()
         result["eval_seconds"] = time.perf_counter() - t0
     return result

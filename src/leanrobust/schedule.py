@@ -1,5 +1,6 @@
-"""Learning-rate schedules as pure functions of training progress, so a resumed run
-recomputes exactly the same rate from the iteration count alone."""
+"""Learning-rate schedules as pure functions of training progress in epochs, so a resumed run
+recomputes exactly the same rate, and a selection that changes the epoch length mid-run (a full
+warm-up epoch, then a 30% subset) still spans the schedule over exactly `epochs` epochs."""
 from __future__ import annotations
 
 import math
@@ -7,9 +8,11 @@ import math
 from .config import OptimConfig
 
 
-def lr_factor(cfg: OptimConfig, it: int, total: int, iters_per_epoch: int) -> float:
-    """Multiplier of cfg.lr at iteration `it` (0-based) of `total`."""
-    t = min(max(it / max(total, 1), 0.0), 1.0)
+def lr_factor(cfg: OptimConfig, epoch: int, i: int, iters_per_epoch: int) -> float:
+    """Multiplier of cfg.lr at batch `i` (0-based) of `iters_per_epoch` in epoch `epoch` (0-based)."""
+    ipe = max(iters_per_epoch, 1)
+    it = epoch * ipe + i  # the iteration as if every epoch had this epoch's length
+    t = min(max(it / (ipe * cfg.epochs), 0.0), 1.0)
     if cfg.schedule == "constant":
         f = 1.0
     elif cfg.schedule == "piecewise":
@@ -21,7 +24,7 @@ def lr_factor(cfg: OptimConfig, it: int, total: int, iters_per_epoch: int) -> fl
         f = max(f, 1e-3)
     else:  # unreachable: the schema restricts the names
         raise ValueError(f"unknown schedule {cfg.schedule!r}")
-    warm = cfg.warmup_epochs * iters_per_epoch
+    warm = cfg.warmup_epochs * ipe
     if warm > 0 and it < warm:
         f *= (it + 1) / warm
     return f

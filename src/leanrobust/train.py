@@ -153,16 +153,12 @@ class Trainer:
         return x, self.pool.labels[idx], self.sel_eps[positions], self.sel_weight[positions]
 
     # ----- one epoch ---------------------------------------------------------------------
-    def total_iterations(self) -> int:
-        return len(self.sampler) * self.cfg.optim.epochs
-
     def train_epoch(self, epoch: int) -> EpochStats:
         cfg, o = self.cfg, self.cfg.optim
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # attack starts, dropout: a function of (seed, epoch)
         gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + epoch)
         batches = self.sampler.epoch(epoch, cfg.seed)
         self.model.train()
-        total = self.total_iterations()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         seen = 0
@@ -170,9 +166,9 @@ class Trainer:
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{o.epochs}", disable=not cfg.progress or self.rank != 0,
                    unit="batch", leave=False, dynamic_ncols=True)
         obj = cfg.objective
-        for positions in bar:
+        for i, positions in enumerate(bar):
             x, y, eps, w = self.batch(positions, gen)
-            lr = o.lr * lr_factor(o, self.iteration, total, len(self.sampler))
+            lr = o.lr * lr_factor(o, epoch, i, len(self.sampler))
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and cfg.amp):
@@ -215,10 +211,11 @@ class Trainer:
         for i in range(0, n, bs):
             xb, yb = x[i:i + bs], y[i:i + bs]
             with torch.no_grad(), eval_mode(model):
-                clean += (model(xb).argmax(1) == yb).sum().item()
+                ok = model(xb).argmax(1) == yb
+            clean += ok.sum().item()
             xa = pgd(model, xb, yb, self.cfg.objective.eps, steps=self.cfg.validation.steps, norm=self.cfg.objective.norm)
             with torch.no_grad(), eval_mode(model):
-                rob += (model(xa).argmax(1) == yb).sum().item()
+                rob += (ok & (model(xa).argmax(1) == yb)).sum().item()  # robust: correct on x and x_adv
         return {"val_clean": clean / n, "val_robust": rob / n}
 
     def checkpoint_state(self) -> dict:

@@ -3,6 +3,7 @@ with our conventions (lower-case norms, eval mode restored, robust flags, resuma
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -41,8 +42,10 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     so the same model, data, batch_size and device give the same result; the caller's RNG
     state is restored afterwards. eps: one radius for all samples (AutoAttack has no per-sample
     eps). state_path: JSON file rewritten atomically after each finished batch of each attack
-    (finished attacks, the batch reached, robust flags); a rerun with it skips what is finished,
-    so a full-test-set evaluation on a CPU can span several sessions. We keep that state
+    (finished attacks, the points reached, robust flags, a fingerprint of the weights); a rerun
+    with it skips what is finished, also with another batch_size, so a full-test-set evaluation
+    on a CPU can span several sessions; a file written for other weights or data is an error.
+    We keep that state
     ourselves because pyautoattack 0.2.0 cannot resume from its own file (it writes the attack
     set with str() and compares it with a set; `y_adv` is unbound on resume). After a resume
     x_adv only holds the examples found in this call; `robust` accounts for all. Parameters
@@ -62,13 +65,14 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
         raise ValueError("AutoAttack needs one eps for all samples; got differing per-sample eps")
     device = torch.device(device) if device is not None else x.device
     path = Path(state_path) if state_path is not None else None
+    fingerprint = weights_fingerprint(model) if path is not None else None
     with eval_mode(model), _frozen(model), _forked_rng(device), _cpu_fast_paths(model, device):
         aa = AutoAttack(model, norm=_NORMS[norm], eps=float(eps_t[0]), version=version,
                         attacks=list(attacks) if attacks else None, seed=seed, device=device)
         aa.verbose = verbose
         names = list(aa.attacks_to_run)
         meta = {"norm": norm, "eps": float(eps_t[0]), "version": version, "attacks": names,
-                "seed": seed, "n": int(x.shape[0]), "label_sum": int(y.sum())}
+                "seed": seed, "n": int(x.shape[0]), "label_sum": int(y.sum()), "model": fingerprint}
         state = _read_state(path, meta) if path is not None and path.exists() else None
         if state is None:
             state = {**meta, "done": [], "robust": (_predict(model, x, batch_size, device) == y.to(device)).tolist()}
@@ -79,25 +83,26 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
                 continue
             part = state.get("partial")
             if part is not None and part["attack"] == name:  # resume inside this attack
-                idx, start = torch.tensor(part["idx"], dtype=torch.long, device=robust.device), part["next"]
+                idx = torch.tensor(part["idx"], dtype=torch.long, device=robust.device)
+                # points already attacked (older files counted batches, of this call's batch_size)
+                skip = part["points"] if "points" in part else part["next"] * batch_size
             else:
-                idx, start = robust.nonzero().squeeze(1), 0
+                idx, skip = robust.nonzero().squeeze(1), 0
             # AutoAttack's own batches of the points robust at the attack's start, one call each:
             # every perturb() re-seeds, so this equals one call over all of them, and an interrupted
             # run loses at most one batch
-            n_batches = -(-idx.numel() // batch_size)
-            bar = tqdm(total=n_batches, initial=min(start, n_batches), desc=f"autoattack {name}", unit="batch",
+            todo = idx[skip:]
+            n_batches = -(-todo.numel() // batch_size)
+            bar = tqdm(total=n_batches, desc=f"autoattack {name}", unit="batch",
                        disable=not progress, leave=False, dynamic_ncols=True)
             bar.set_postfix(robust=f"{int(robust.sum())}/{len(robust)}")
-            for k, chunk in enumerate(idx.split(batch_size) if idx.numel() else ()):
-                if k < start:
-                    continue
+            for k, chunk in enumerate(todo.split(batch_size) if todo.numel() else ()):
                 aa.attacks_to_run = [name]
                 found, _ = aa.run_standard_evaluation(x[chunk], y[chunk], batch_size=batch_size)
                 broken = _predict(model, found, batch_size, device).to(y.device) != y[chunk]
                 x_adv[chunk[broken]] = found[broken].to(x_adv.device)
                 robust[chunk[broken]] = False
-                state["partial"] = {"attack": name, "idx": idx.tolist(), "next": k + 1}
+                state["partial"] = {"attack": name, "idx": idx.tolist(), "points": skip + k * batch_size + chunk.numel()}
                 state["robust"] = robust.tolist()
                 if path is not None and k + 1 < n_batches:
                     _write_state(path, state)
@@ -118,9 +123,21 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.d
         return torch.cat([model(xb.to(device)).argmax(1) for xb in x.split(batch_size)])
 
 
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 of the parameters and buffers (names, shapes, values): ties a state file to its weights."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16
+                 else t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _read_state(path: Path, meta: dict) -> dict:
     state = json.loads(path.read_text())
     for key, value in meta.items():
+        if key == "model" and key not in state:  # files from before the fingerprint: adopt it
+            state[key] = value
         if state.get(key) != value:
             raise ValueError(f"AutoAttack state file {path} was written for {key}={state.get(key)!r}, "
                              f"this run has {key}={value!r}; delete it or pass another state_path")

@@ -13,7 +13,9 @@ def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | tor
             alpha: float | None = None) -> torch.Tensor:
     """x_adv = proj(x + delta0 + alpha_i sign(grad CE)), delta0 ~ U(-eps_i, eps_i). alpha is
     relative to eps like pgd's step_size: alpha_i = alpha * eps_i, default 1.25 (Wong et al.).
-    Runs in eval mode (the caller's modes are restored)."""
+    Runs in eval mode (the caller's modes are restored), like every attack here, so BatchNorm's
+    running statistics see only the training update; Wong et al.'s code crafts the example in
+    train mode (batch statistics), which can move where catastrophic overfitting sets in."""
     x = x.detach()
     eps_b = as_eps(eps, x)
     step = (1.25 if alpha is None else alpha) * eps_b

@@ -13,7 +13,9 @@ class MixingSampler:
 
     gen_fraction=None: a permutation of all positions cut into batches (ceil(n/B), or floor with drop_last).
     gen_fraction=f: every batch holds round(f*B) generated and B - round(f*B) real positions; an epoch is
-    n_real // real_per_batch batches (at least 1); generated positions cycle through fresh permutations.
+    ceil(n_real / B) batches (floor with drop_last; at least 1), the real set's size over the batch size as
+    in Wang et al. 2023 (so an epoch sees (1-f) of the real set); with f=1 it is n_gen / B. Real and
+    generated positions each cycle through fresh permutations.
     weights=w (no mixing): every batch draws B positions with replacement, P(i) = w_i / sum(w), as many
     batches as plain shuffling; training them with weight 1 has the weighted loss's expected gradient
     without its variance when a few weights are large (a covering centre standing for hundreds of points).
@@ -52,7 +54,8 @@ class MixingSampler:
                 raise ValueError(f"MixingSampler: gen_fraction={gen_fraction} but there are no generated positions")
             if self.real_per_batch and not n_real:
                 raise ValueError(f"MixingSampler: gen_fraction={gen_fraction} needs real positions, there are none")
-            n_global = max(1, n_real // self.real_per_batch if self.real_per_batch else n_gen // batch_size)
+            n_ref = n_real if self.real_per_batch else n_gen
+            n_global = max(1, n_ref // batch_size if drop_last else math.ceil(n_ref / batch_size))
         self.batches_per_rank = n_global // world_size
         if self.batches_per_rank == 0:
             raise ValueError(f"MixingSampler: {n_global} batch(es) per epoch cannot be shared by {world_size} ranks")

@@ -31,17 +31,18 @@ def gair_weights(kappa: torch.Tensor, steps: int, lam: float, mode: str = "tanh"
     return (1.0 + torch.tanh(arg)) / 2.0 if mode == "tanh" else torch.sigmoid(arg)
 
 
-def _begin(begin_epoch: int | None, num_epochs: int | None) -> int:
-    if begin_epoch is not None:
-        return begin_epoch
-    return num_epochs // 2 if num_epochs is not None else 0
+def _reweighting(epoch: int, begin_epoch: int | None, num_epochs: int | None) -> bool:
+    """Whether 0-based `epoch` reweights: begin_epoch counts from 1 as in the reference code
+    (`epoch + 1 >= begin_epoch`), default num_epochs // 2 (the 60th of 120 epochs onwards)."""
+    begin = begin_epoch if begin_epoch is not None else (num_epochs // 2 if num_epochs is not None else 0)
+    return epoch + 1 >= begin
 
 
 def gair_lambda(epoch: int, num_epochs: int | None = None, begin_epoch: int | None = None,
                 lam_after: float = -1.0) -> float:
-    """GAIRAT's fixed schedule: +inf (plain AT burn-in) before begin_epoch (default
-    num_epochs // 2, e.g. 60 of 120), lam_after from then on."""
-    return math.inf if epoch < _begin(begin_epoch, num_epochs) else lam_after
+    """GAIRAT's fixed schedule at 0-based `epoch`: +inf (plain AT burn-in) before the
+    begin_epoch-th epoch (1-based, default num_epochs // 2, e.g. the 60th of 120), lam_after from it on."""
+    return lam_after if _reweighting(epoch, begin_epoch, num_epochs) else math.inf
 
 
 def gair_at(model, x, y, eps, weight, *, norm: str = "linf", steps: int = 10,
@@ -68,10 +69,11 @@ def gair_trades(model, x, y, eps, weight, *, beta: float = 6.0, norm: str = "lin
                 label_smoothing: float = 0.0) -> ObjectiveOutput:
     """GAIR-TRADES, per sample: CE(f(x), y) + beta [w KL(p(x) || p(x_kl)) + (1 - w) KL(p(x) || p(x_cw))]
     (KL as in trades.py), x_kl from trades_kl, x_cw and kappa from CW-loss PGD, w = gair_weights
-    unnormalised; lambda = lam_burn_in (100) before begin_epoch (default num_epochs // 2), then lam (3).
+    unnormalised; lambda = lam_burn_in (100) before the begin_epoch-th epoch (1-based, default
+    num_epochs // 2), then lam (3).
     When every kappa maps to w = 1 (lambda 100 in tanh/sigmoid mode) the CW term is exactly zero and
     the CW attack is skipped. Loss = mean(weight * per_sample)."""
-    lam_now = lam if epoch is None or epoch >= _begin(begin_epoch, num_epochs) else lam_burn_in
+    lam_now = lam if epoch is None or _reweighting(epoch, begin_epoch, num_epochs) else lam_burn_in
     with torch.no_grad(), eval_mode(model):
         p_natural = F.softmax(model(x), dim=1)
     x_kl = trades_kl(model, x, eps, steps=steps, step_size=step_size, norm=norm, p_natural=p_natural)

@@ -62,13 +62,17 @@ def train_discriminator(real: torch.Tensor, synth: torch.Tensor, *, eps: float, 
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "linf",
                     steps: int = 10, batch_size: int = 500, device="cpu") -> float:
+    """Share of points classified correctly both clean and under PGD-`steps` at eps."""
     correct = 0
     for i in range(0, len(y), batch_size):
         xb, yb = _float(x[i:i + batch_size]).to(device), y[i:i + batch_size].to(device)
-        if eps > 0:
-            xb = pgd(model, xb, yb, eps, steps=steps, norm=norm)
         with torch.no_grad():
-            correct += (model(xb).argmax(1) == yb).sum().item()
+            ok = model(xb).argmax(1) == yb
+        if eps > 0:
+            xa = pgd(model, xb, yb, eps, steps=steps, norm=norm)
+            with torch.no_grad():
+                ok &= model(xa).argmax(1) == yb
+        correct += ok.sum().item()
     return correct / max(len(y), 1)
 
 
@@ -96,6 +100,10 @@ def robust_discrimination(real: torch.Tensor, synth: torch.Tensor, *, radii: Seq
     training from scratch at r >= 0.025 often did on Fashion-MNIST. Returns radii, accuracy, area (see
     `normalised_area`) and sizes."""
     _check_pair(real, synth)
+    r = np.asarray(radii, float)
+    if r.ndim != 1 or r.size == 0 or not np.isfinite(r).all() or (r < 0).any() or (np.diff(r) <= 0).any():
+        raise ValueError(f"radii must be finite, >= 0 and strictly increasing (the curriculum and the area "
+                         f"assume it), got {list(radii)}")
     m = min(n, len(real), len(synth))
     g = torch.Generator().manual_seed(seed)
     real, synth = real[torch.randperm(len(real), generator=g)[:m]], synth[torch.randperm(len(synth), generator=g)[:m]]

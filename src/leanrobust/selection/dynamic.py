@@ -96,6 +96,11 @@ def make_selection_hook(cfg: RunConfig) -> Callable:
     if method == "forgetting" and sc.start_epoch < 2:
         raise ValueError("selection.method 'forgetting' needs selection.start_epoch >= 2: forgetting events "
                          "are counted from the epochs trained before the selection")
+    if method == "puma" and sc.prune == "lowest":
+        raise ValueError("selection.method 'puma' always prunes the highest margins; drop selection.prune: lowest")
+    if method == "gradmatch" and sc.prune in PRUNE_MODES:
+        raise ValueError(f"selection.prune {sc.prune!r} has no meaning for 'gradmatch' (it matches gradients, "
+                         "it does not rank scores); leave selection.prune at 'auto'")
     prune = resolve_prune(method, sc.prune)
     epochs = selection_epochs(sc.start_epoch, sc.every, cfg.optim.epochs)
     tracker: dict = {}

@@ -195,6 +195,19 @@ def coverage(x: torch.Tensor, radius: float, metric: str = "l2", *, chunk: int =
     return Coverage(n, float(radius), indptr, cols[order], dist[order])
 
 
+def _k_centre_lower_bound(x: torch.Tensor, points: np.ndarray, metric: str) -> float:
+    """Half the smallest float64 distance among k+1 points (Gonzalez's k centres and the farthest
+    point): any k centres leave two of them in one cluster, so the optimal radius is at least that,
+    with no float32 rounding in the bound."""
+    p = {"l2": 2.0, "l1": 1.0}.get(metric, float("inf"))
+    pts = x[torch.from_numpy(np.asarray(points, dtype=np.int64)).to(x.device)].to(torch.float64)
+    if pts.shape[0] < 2:
+        return 0.0
+    d = torch.cdist(pts, pts, p=p, compute_mode="donot_use_mm_for_euclid_dist")
+    d.fill_diagonal_(float("inf"))
+    return 0.5 * float(d.min())
+
+
 def farthest_point(x: torch.Tensor, k: int, metric: str = "l2", *, start: int = 0,
                    chunk: int = 65536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gonzalez's farthest-point greedy: k centres (positions in x), each point's nearest centre
@@ -534,7 +547,7 @@ def mfc_selection(images, labels, *, eps: float, radius: float | None = None, ip
             r_fp = float(fp_d.max())
             hi = r_fp * (1.0 + 1e-3) + 1e-9
             lo = 0.5 * r_fp
-            eta_lb = lo
+            eta_lb = _k_centre_lower_bound(xc, np.append(fp_centres, int(fp_d.argmax())), metric)
             step_tol = tol if tol is not None else 1e-3 * hi
             cov = coverage(xc, hi, metric, chunk=chunk)
             quick = dict(time_limit=time_limit, milp_max_n=milp_max_n, lp_bound=False, symmetric=True)

@@ -36,7 +36,9 @@ def puma_selection(margins, labels, *, fraction: Optional[float] = None, count: 
     what the model, and often the data, assigns to another class: attacking it at eps trains on
     examples that may well carry another class's label, which is how mislabeled and ambiguous
     samples hurt clean accuracy once the easy high-margin data is gone. Attacking it at a radius
-    near its margin (scale 1) keeps the adversarial example on its own side. Samples with a
+    near its margin (scale 1) keeps the adversarial example near its own side; DeepFool's margin
+    includes its 2% overshoot and is an upper bound on the true distance, so scale < 1 (e.g.
+    1 / 1.02) is the conservative choice when the ball must not cross. Samples with a
     margin >= eps / scale keep eps even when they are among the q lowest. Margins may be
     signed (negative for misclassified samples, see scores.py): those get `floor`. Defaults
     q = 0.1, floor = 0 (the misclassified / boundary samples are trained on clean points),
