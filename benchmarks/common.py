@@ -64,8 +64,8 @@ def run_row(table: str, name: str, config: str | Path, overrides: list[str], *, 
             "clean_acc": summary["clean_acc"], "robust_acc": summary["robust_acc"],
             "eval": summary["eval"], "train_seconds": summary["train_seconds"],
             "prepare_seconds": prep_seconds, "total_seconds": summary["train_seconds"] + prep_seconds,
-            "grad_evals": summary["grad_evals"], "samples_seen": summary["samples_seen"],
-            "n_train": summary["n_train"], "best_epoch": summary.get("best_epoch"), "epochs": summary.get("epochs"),
+            "grad_evals": summary["grad_evals"], "grad_evals_version": summary.get("grad_evals_version", 1),
+            "samples_seen": summary["samples_seen"], "n_train": summary["n_train"], "best_epoch": summary.get("best_epoch"), "epochs": summary.get("epochs"),
             "info": info, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 

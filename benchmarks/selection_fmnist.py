@@ -44,27 +44,45 @@ def rows(fractions: list[float]) -> list[dict]:
     return out
 
 
+TRAIN_PASSES_PER_SAMPLE = 8  # PGD-7 + the update (the base config's objective)
+DEEPFOOL_CANDIDATES = 3  # MARGIN above: 2 class-gradient backward passes per DeepFool forward
+
+
+def grad_evals(r: dict) -> int:
+    """The row's grad evals under the current accounting. Rows from before grad_evals_version 2 counted
+    one pass per DeepFool gradient forward, not its DEEPFOOL_CANDIDATES - 1 backward passes: for the
+    margin/PUMA rows the scoring's forwards are grad_evals - 8 * samples_seen, each one pass short."""
+    g = int(r["grad_evals"])
+    deepfool = any(o in ("selection.method=margin", "selection.method=puma") for o in r["overrides"])
+    if deepfool and r.get("grad_evals_version", 1) < 2:
+        g += (g - TRAIN_PASSES_PER_SAMPLE * int(r["samples_seen"])) * (DEEPFOOL_CANDIDATES - 2)
+    return g
+
+
 def report(done: list[dict]) -> None:
     full = next((r for r in done if r["name"] == "full_100"), None)
     base_s = full["total_seconds"] if full else None
-    base_g = full["grad_evals"] if full else None
+    base_g = grad_evals(full) if full else None
     lines = ["# Data selection for robust training, Fashion-MNIST, Linf eps 0.1", "",
              "Command: `python benchmarks/selection_fmnist.py` (rows: selection_fmnist.jsonl; base config "
              "benchmarks/configs/selection_fmnist.yaml). Clean / PGD-20 / CW-20 on 1000 test points, AutoAttack "
              "(standard) on the first 200; wall time includes warm-up, scoring and selection. The rows ran over "
              "several sessions with 2 to 5 benchmark processes sharing the 2 cores, so wall-time speed-ups mix "
              "contention levels; the pass ratio (full-data grad evals / the row's: forward+backward passes, "
-             "attack, scoring and selection included) is the load-independent cost ratio.", "",
+             "attack, scoring and selection included) is the load-independent cost ratio. The margin and PUMA "
+             "rows ran before DeepFool's extra backward passes were counted; their grad evals here add them "
+             "from the rows' own counts (`grad_evals` in this script; +62,031 each, which lowers "
+             "their pass ratios by 0.15-0.35x).", "",
              "| row | kept | clean | PGD-20 | CW-20 | AutoAttack | wall s | speed-up | grad evals | pass ratio | "
              "best epoch | device |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in done:
         ra = r["robust_acc"]
         sp = f"{base_s / r['total_seconds']:.2f}x" if base_s else "-"
-        pr = f"{base_g / r['grad_evals']:.2f}x" if base_g else "-"
+        pr = f"{base_g / grad_evals(r):.2f}x" if base_g else "-"
         kept = r["name"].rsplit("_", 1)[1] + "%" if r["name"].rsplit("_", 1)[1].isdigit() else "100%"
         lines.append(f"| {r['name']} | {kept} | {pct(r['clean_acc'])} | {pct(ra.get('pgd20'))} | {pct(ra.get('cw20'))} | "
-                     f"{pct(ra.get('autoattack'))} | {r['total_seconds']:.0f} | {sp} | {r['grad_evals']:,} | "
+                     f"{pct(ra.get('autoattack'))} | {r['total_seconds']:.0f} | {sp} | {grad_evals(r):,} | "
                      f"{pr} | {best_epoch(r)} | "
                      f"{r['device']} |")
     (RESULTS / "selection_fmnist.md").write_text("\n".join(lines) + "\n")

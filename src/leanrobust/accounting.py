@@ -10,6 +10,10 @@ import torch
 from torch import nn
 
 
+# 2: extra backward passes through one forward count (DeepFool); 1 (summaries without the key) did not
+GRAD_EVALS_VERSION = 2
+
+
 @dataclass
 class PassCounter:
     """Training cost in samples. grad_evals: forward + backward passes, i.e. samples forwarded with grad
