@@ -65,3 +65,11 @@ def test_label_smoothing_an_objective_would_ignore_is_rejected():
             validate_config({"objective": {"name": name, "label_smoothing": 0.1}})
         assert validate_config({"objective": {"name": name}}).objective.label_smoothing == 0.0
     assert validate_config({"objective": {"name": "trades", "label_smoothing": 0.1}}).objective.label_smoothing == 0.1
+    with pytest.raises(ConfigError, match="beta.*mart"):
+        validate_config({"objective": {"name": "pgd_at", "beta": 3.0}})
+    assert validate_config({"objective": {"name": "mart", "beta": 5.0}}).objective.beta == 5.0
+
+
+def test_a_selection_file_and_a_selection_method_are_not_both_accepted():
+    with pytest.raises(ConfigError, match="keep one"):
+        validate_config({"data": {"selection": "sel.npz"}, "selection": {"method": "loss", "fraction": 0.5}})

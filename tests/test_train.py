@@ -59,6 +59,35 @@ def test_one_epoch_run_writes_every_file(tmp_path):
 
 
 @needs_fmnist
+def test_a_crash_between_the_epoch_writes_leaves_consistent_best_weights_and_metrics(tmp_path, monkeypatch):
+    """Killed after epoch 2's metrics row and staged best weights but before its checkpoint: the resumed
+    run retrains epoch 2 without a duplicate metrics row, and best.safetensors matches best_epoch."""
+    import leanrobust.train as train_mod
+
+    cfg = tiny_config(**{"eval.attacks": [], "validation.select": "last"})
+    full = Trainer(cfg, tmp_path / "full").fit()
+    real_save = train_mod.save_checkpoint
+
+    def dies_at_epoch_2(path, state):
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+        real_save(path, state)
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", dies_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, tmp_path / "cut").fit()
+    run = tmp_path / "cut"
+    assert (run / "best.next.safetensors").exists() and len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    monkeypatch.undo()
+    resumed = resume(run)
+    epochs = [json.loads(ln)["epoch"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2] and not (run / "best.next.safetensors").exists()
+    wa, wb = load_weights(tmp_path / "full" / "best.safetensors"), load_weights(run / "best.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert resumed["best_epoch"] == full["best_epoch"] == 2
+
+
+@needs_fmnist
 @pytest.mark.parametrize("objective,ema", [("trades", None), ("pgd_at", 0.9)])
 def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, objective, ema):
     cfg = tiny_config(**{"objective.name": objective, "optim.ema_tau": ema, "eval.attacks": []})
@@ -75,6 +104,8 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, objec
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert full["grad_evals"] == resumed["grad_evals"] and full["samples_seen"] == resumed["samples_seen"]
     assert full["clean_acc"] == resumed["clean_acc"]
+    with pytest.raises(ValueError, match="finished run"):  # would redo the evaluation and overwrite it
+        resume(tmp_path / "cut")
 
 
 @needs_fmnist

@@ -17,7 +17,8 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(code=2)
 
 
-KNOWN_ERRORS: tuple = (ValueError, FileNotFoundError, RuntimeError, NotImplementedError)
+# OSError: an unwritable --out or a full disk; KeyError: malformed metadata in a weights file
+KNOWN_ERRORS: tuple = (ValueError, OSError, KeyError, RuntimeError, NotImplementedError)
 
 
 @app.command()
@@ -88,10 +89,10 @@ def eval_(run_dir: Path = typer.Argument(..., help="run directory or model.safet
                              norm=norm or cfg.objective.norm, attacks=attack_list, n=n,
                              autoattack_version=aa_version, batch_size=batch_size, device=dev, seed=seed,
                              state_dir=run_dir if run_dir.is_dir() else None, progress=not as_json)
+        if run_dir.is_dir():
+            write_json(run_dir / f"eval_{res['norm']}_{res['eps']:g}_{res['n']}.json", res)
     except KNOWN_ERRORS as e:
         _fail(e)
-    if run_dir.is_dir():
-        write_json(run_dir / f"eval_{res['norm']}_{res['eps']:g}_{res['n']}.json", res)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
     else:

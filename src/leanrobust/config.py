@@ -152,20 +152,34 @@ class RunConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _label_smoothing_is_used(self) -> "RunConfig":
-        """A non-zero objective.label_smoothing with an objective that has no such argument (MART,
-        GAIR-AT, MAIL-AT) would be dropped silently: reject it, naming the objectives that take it."""
+    def _objective_fields_are_used(self) -> "RunConfig":
+        """A non-zero objective.label_smoothing, or a beta set away from its default, with an objective
+        that has no such argument (label smoothing: MART, GAIR-AT, MAIL-AT; beta: PGD-AT, ...) would be
+        dropped silently: reject it, naming the objectives that take it."""
         import inspect
 
         from .objectives import OBJECTIVES
 
         fn = OBJECTIVES.get(self.objective.name)
-        if fn is None or not self.objective.label_smoothing:
+        if fn is None:
             return self
-        if "label_smoothing" not in inspect.signature(fn).parameters:
-            takers = sorted(n for n, f in OBJECTIVES.items() if "label_smoothing" in inspect.signature(f).parameters)
-            raise ValueError(f"objective.label_smoothing={self.objective.label_smoothing} is not used by objective "
-                             f"{self.objective.name!r}; objectives with label smoothing: {', '.join(takers)}")
+        default_beta = ObjectiveConfig.model_fields["beta"].default
+        used = {"label_smoothing": bool(self.objective.label_smoothing),  # TRADES' beta set for PGD-AT, too
+                "beta": "beta" in self.objective.model_fields_set and self.objective.beta != default_beta}
+        for key in (k for k, on in used.items() if on):
+            if key not in inspect.signature(fn).parameters:
+                takers = sorted(n for n, f in OBJECTIVES.items() if key in inspect.signature(f).parameters)
+                raise ValueError(f"objective.{key}={getattr(self.objective, key)} is not used by objective "
+                                 f"{self.objective.name!r}; objectives with {key}: {', '.join(takers)}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_source_of_selection(self) -> "RunConfig":
+        """A fixed data.selection file and a selection.method that re-selects from the whole pool
+        cannot both apply (the method would silently discard the file)."""
+        if self.data.selection and self.selection.method != "none":
+            raise ValueError(f"data.selection ({self.data.selection}) and selection.method="
+                             f"{self.selection.method!r} both choose the training set; keep one")
         return self
 
     @model_validator(mode="after")

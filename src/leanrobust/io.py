@@ -23,19 +23,49 @@ class WeightsError(ValueError):
 
 
 def atomic_write(path: str | Path, write) -> Path:
-    """Call write(tmp_path) then rename onto path, so readers never see a partial file."""
+    """Call write(tmp_path), fsync it, rename onto path and fsync the directory: readers never see a
+    partial file, and a checkpoint survives a power loss, not only a killed process."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def truncate_jsonl(path: str | Path, key: str, last: int) -> None:
+    """Drop the rows of a metrics log whose `key` exceeds `last`: rows written after the checkpoint a
+    run resumes from (it retrains those epochs or steps and writes them again)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = [ln for ln in lines if ln.strip() and json.loads(ln).get(key, 0) <= last]
+    if len(keep) != len(lines):
+        write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -26,7 +26,7 @@ from .data.build import TrainingData, build_training_data, load_test_set
 from .data.sampler import MixingSampler
 from .ema import EMA
 from .evaluate import evaluate_model
-from .io import load_checkpoint, save_checkpoint, save_weights, write_json, write_text
+from .io import load_checkpoint, save_checkpoint, save_weights, truncate_jsonl, write_json, write_text
 from .models import build_model
 from .objectives import call_objective
 from .schedule import lr_factor
@@ -35,6 +35,7 @@ from .selection import Selection
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.safetensors"
 BEST = "best.safetensors"
+BEST_NEXT = "best.next.safetensors"
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
@@ -240,8 +241,28 @@ class Trainer:
         self.best_metric = float(state["best_metric"])
         s = state["selection"]
         self.set_selection(Selection(s["indices"], s["weight"], s["eps"]))
+        self._settle_best()
+        truncate_jsonl(self.dir / METRICS, "epoch", self.epoch)
         if state.get("hook") is not None and hasattr(self.on_epoch_start, "load_state_dict"):
             self.on_epoch_start.load_state_dict(state["hook"])  # e.g. forgetting counts observed so far
+
+    def _settle_best(self) -> None:
+        """Promote the staged best weights if the checkpoint on disk chose their epoch, else drop them
+        (a run killed between the two writes): best.safetensors always matches best_epoch."""
+        from safetensors import safe_open
+
+        staged = self.dir / BEST_NEXT
+        if not staged.exists():
+            return
+        try:
+            with safe_open(str(staged), "pt") as f:
+                epoch = int((f.metadata() or {}).get("epoch", -1))
+        except Exception:  # a torn staged file: never promoted
+            epoch = -1
+        if epoch == self.best_epoch:
+            os.replace(staged, self.dir / BEST)
+        else:
+            staged.unlink()
 
     def _metadata(self) -> dict[str, str]:
         return {"leanrobust_model": json.dumps(self.spec), "leanrobust_version": __version__}
@@ -282,11 +303,13 @@ class Trainer:
             if cfg.validation.select == "last" or metric is None or metric > self.best_metric:
                 self.best_metric = -1.0 if metric is None else metric
                 self.best_epoch = self.epoch
-                save_weights(self.dir / BEST, self.eval_model(), self._metadata())
+                # staged: promoted to BEST only once the checkpoint naming this epoch is on disk
+                save_weights(self.dir / BEST_NEXT, self.eval_model(), {**self._metadata(), "epoch": str(self.epoch)})
             row["best_epoch"] = self.best_epoch
             with open(self.dir / METRICS, "a") as f:
                 f.write(json.dumps(row) + "\n")
             save_checkpoint(ckpt, self.checkpoint_state())
+            self._settle_best()
             if cfg.progress and self.rank == 0:
                 vs = " ".join(f"{k}={v:.4f}" for k, v in val.items())
                 tqdm.write(f"epoch {self.epoch}/{cfg.optim.epochs} loss={stats.loss:.4f} "
@@ -328,4 +351,7 @@ def resume(run_dir: str | Path) -> Optional[dict]:
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).exists():
         raise FileNotFoundError(f"{run_dir}: no {CONFIG}; is this a leanrobust run directory?")
+    if (run_dir / SUMMARY).exists():  # resuming would redo the test evaluation and overwrite the summary
+        raise ValueError(f"{run_dir} is a finished run (it has {SUMMARY}); evaluate it further with "
+                         f"`leanrobust eval {run_dir}`")
     return Trainer(load_config(run_dir / CONFIG), run_dir).fit()

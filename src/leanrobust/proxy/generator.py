@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..ema import EMA
-from ..io import atomic_write, load_checkpoint, load_weights, read_metadata, save_checkpoint, save_weights, write_text
+from ..io import (atomic_write, load_checkpoint, load_weights, read_metadata, save_checkpoint, save_weights,
+                  truncate_jsonl, write_text)
 
 LATEST = "latest"            # text file naming the newest complete checkpoint directory
 CKPT_DIR = "checkpoints"
@@ -279,8 +280,10 @@ class GeneratorTrainer:
         """Train to cfg.steps (or stop once `stop_after` steps are done in total); returns a summary."""
         cfg = self.cfg
         self.dir.mkdir(parents=True, exist_ok=True)
+        if (self.dir / LATEST).exists():
+            self.check_same_config()  # first: another architecture would fail in load_state_dict, unclearly
         if self.restore():
-            self.check_same_config()
+            truncate_jsonl(self.dir / METRICS, "step", self.step)
         else:
             write_text(self.dir / CONFIG, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
