@@ -106,6 +106,19 @@ def aa_totals(name: str) -> tuple[int, int, float, set]:
             {r["device"] for r in rows})
 
 
+def covered(name: str) -> str:
+    """The test-point ranges of one model's finished chunks, merged: '0-9000, 9500-10000'."""
+    spans = sorted((r["start"], r["end"]) for r in done_rows(RESULTS / "reference_fmnist_aa.jsonl").values()
+                   if r["model"] == name)
+    merged: list[list[int]] = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return ", ".join(f"{a}-{b}" for a, b in merged)
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["# Reference: full Fashion-MNIST, SmallCNN, Linf eps 0.1", "",
              "Command: `python benchmarks/reference_fmnist.py [--aa-minutes M]` (training rows in "
@@ -113,14 +126,14 @@ def markdown(rows: list[dict]) -> str:
              "reference_fmnist_models/).",
              "Clean / PGD-20 / CW-20 on the full test set (10000 points, the model selected on the validation "
              "split); AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square; seed 0) on the test points "
-             "evaluated so far, in chunks of consecutive points from the first.", "",
+             "evaluated so far (500-point chunks; the AA points column lists the test-point ranges).", "",
              "| row | device | epochs (best) | clean | PGD-20 | CW-20 | AutoAttack | AA points | train s | eval s | AA s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ra, ev = r["robust_acc"], r["eval"]
         n_aa, rob, aa_s, aa_dev = aa_totals(r["name"])
         aa = pct(rob / n_aa) if n_aa else "-"
-        note = f"{n_aa}/{N_TEST}" + ("" if not aa_dev or aa_dev == {r["device"]} else f" ({', '.join(sorted(aa_dev))})")
+        note = f"{n_aa}/{N_TEST}" + (f" ({covered(r['name'])})" if 0 < n_aa < N_TEST else "") + ("" if not aa_dev or aa_dev == {r["device"]} else f" ({', '.join(sorted(aa_dev))})")
         lines.append(f"| {r['name']} | {r['device']} | {r.get('epochs')} ({r.get('best_epoch')}) | {pct(r['clean_acc'])} | "
                      f"{pct(ra.get('pgd20'))} | {pct(ra.get('cw20'))} | {aa} | {note} | {r['train_seconds']:.0f} | "
                      f"{ev.get('eval_seconds', 0):.0f} | {aa_s:.0f} |")
@@ -129,6 +142,10 @@ def markdown(rows: list[dict]) -> str:
         per_point = [c["seconds"] / c["n"] for c in chunks if c["device"] == dev]
         lines += ["", f"AutoAttack time per test point on {dev}: {min(per_point):.2f}-{max(per_point):.2f} s over "
                       f"{len(per_point)} chunks (wall time, so it moves with the machine's load)."]
+    lines += ["", "PGD-20 / CW-20 of these rows were computed before 2026-12-02, when a point counted as robust if "
+                  "the attack's end point was classified correctly; now (and in AutoAttack) it must also be correct "
+                  "clean. The two differ only on points misclassified clean that PGD's random start and ascent "
+                  "land on the correct side, so these columns may be a hair high."]
     if any(aa_totals(r["name"])[0] < N_TEST for r in rows):
         lines += ["", "AutoAttack is not yet on the full test set for every row: the AA column covers only the "
                       "points in the AA points column (rerun the command to add chunks)."]

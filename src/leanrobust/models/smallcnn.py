@@ -28,7 +28,7 @@ class SmallCNN(nn.Module):
         ]))
         side = ((input_size - 4) // 2 - 4) // 2
         if side < 1:
-            raise ValueError(f"input_size {input_size} is too small for SmallCNN (need >= 12)")
+            raise ValueError(f"input_size {input_size} is too small for SmallCNN (need >= 16)")
         self.input_size = input_size
         self.classifier = nn.Sequential(OrderedDict([
             ("fc1", nn.Linear(c2 * side * side, 200)), ("relu1", nn.ReLU()),
