@@ -1,11 +1,13 @@
 """Resumable benchmark tables: one JSON line per finished row, appended as soon as the row is
 done; rows already in the file are skipped on restart, and an interrupted training row resumes
-from its run directory's checkpoint. Every row records the device it ran on."""
+from its run directory's checkpoint. Every row records the device it ran on and (rows written
+since the `git` field was added) the short commit of the code that produced it."""
 from __future__ import annotations
 
 import json
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -22,6 +24,30 @@ def device_label(device: str = "auto") -> str:
     if device in ("auto", "cuda") and torch.cuda.is_available():
         return f"cuda:{torch.cuda.get_device_name(0)}"
     return f"cpu:{os.cpu_count()} cores ({platform.machine()})"
+
+
+def git_commit() -> Optional[str]:
+    """The short commit of the repository's HEAD (`git rev-parse --short HEAD`), None when unavailable (no
+    git, not a checkout). It names the committed code only: uncommitted edits are not reflected."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def row_device(summary: dict, config_device: str, trained_now: bool) -> str:
+    """The device a row's run trained on. A summary that records it wins (a run directory reused from an
+    earlier session keeps its own device, not this machine's); a run trained by this call gets this
+    machine's descriptive label of the summary's device kind (the summary only says e.g. 'cpu' or
+    'cuda:0'). Summaries from before the trainer recorded a device: the current label, as before."""
+    dev = summary.get("device")
+    if dev is None:
+        return device_label(config_device)
+    if trained_now:
+        return device_label("cuda" if str(dev).startswith("cuda") else "cpu")
+    return str(dev)
 
 
 def done_rows(path: Path) -> dict[str, dict]:
@@ -58,9 +84,11 @@ def run_row(table: str, name: str, config: str | Path, overrides: list[str], *, 
         overrides = overrides + extra
     cfg = load_config(config, overrides + [f"name={name}"])
     run = row_dir / "run"
-    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() \
-        else Trainer(cfg, run).fit()
-    return {"name": name, "table": table, "device": device_label(cfg.device), "overrides": overrides,
+    commit = git_commit()  # before training: the code the row runs (a reused summary may be older)
+    reused = (run / "summary.json").exists()
+    summary = json.loads((run / "summary.json").read_text()) if reused else Trainer(cfg, run).fit()
+    return {"name": name, "table": table, "device": row_device(summary, cfg.device, not reused),
+            "git": commit, "summary_reused": reused, "overrides": overrides,
             "clean_acc": summary["clean_acc"], "robust_acc": summary["robust_acc"],
             "eval": summary["eval"], "train_seconds": summary["train_seconds"],
             "prepare_seconds": prep_seconds, "total_seconds": summary["train_seconds"] + prep_seconds,

@@ -5,6 +5,13 @@ accuracy after ERM, clean / PGD-20 / AutoAttack accuracy after adversarial train
 time. Resumable (one JSON line per finished row in benchmarks/results/compress_fmnist.jsonl).
 
     python benchmarks/compress_fmnist.py [--ipc 10 50 100 600] [--methods ...] [--steps 800] [--plot-only]
+
+Training budget: epochs = ceil(steps * 64 / k) for a row that keeps k images, about steps * 64 samples
+seen (equal samples, not equal SGD steps: a run makes epochs * ceil(k / 64) steps of batch 64, so small
+k, whose last batch of an epoch is short or, with weighted sampling, padded to 64, differs). Rows
+trained before k was used assumed k = 10 * ipc, which MFC's coverings do not keep (k = 63 at 10 ipc:
+512 epochs of 1 batch, 32,768 samples, against 1,024 steps / 51,200 samples for k = 100); the report
+shows each row's steps and samples seen.
 """
 from __future__ import annotations
 
@@ -40,18 +47,27 @@ def compressed(method: str, ipc: int, dm_iterations: int) -> tuple[Path, dict]:
     return out, json.loads(out.with_suffix(".json").read_text())
 
 
+def budget_epochs(steps: int, k: int) -> int:
+    """Epochs for about steps * 64 training samples on k images (batch 64)."""
+    return max(1, math.ceil(steps * 64 / k))
+
+
 def rows(ipcs: list[int], methods: list[str], steps: int, dm_iterations: int) -> list[dict]:
     out = []
     for ipc in ipcs:
-        epochs = max(1, math.ceil(steps * 64 / (10 * ipc)))
+        epochs = budget_epochs(steps, 10 * ipc)  # the budget's k; prepare replaces it by the row's actual k
         for m in methods:
             def prepare(_row_dir, m=m, ipc=ipc):
                 path, rep = compressed(m, ipc, dm_iterations)
                 key = "data.pool" if m == "dm" else "data.selection"
-                info = {"compress_seconds": rep["seconds"], "k": rep["k"]}
+                info = {"compress_seconds": rep["seconds"], "k": rep["k"], "epochs_from_k": True}
+                if "iterations" in rep:
+                    info["iterations"] = rep["iterations"]
                 if m.startswith("mfc"):
                     info["eta_mean"] = sum(c["eta"] for c in rep["classes"]) / len(rep["classes"])
-                return [f"{key}={path}"], info
+                # the later override wins: epochs from the k images the row actually keeps (MFC keeps fewer
+                # than 10 * ipc), so every row sees about steps * 64 samples
+                return [f"{key}={path}", f"optim.epochs={budget_epochs(steps, rep['k'])}"], info
             for objective in ("erm", "pgd_at"):
                 ov = [f"optim.epochs={epochs}", f"objective.name={objective}", "progress=false"]
                 if m.startswith("mfc"):
@@ -72,7 +88,9 @@ NOTES = """Notes:
   mean in a batch of 64, several of those runs diverged to a constant network (ERM clean ~10%).
 - dm (N it): Distribution Matching iterations; one iteration updates every synthetic image, so its cost grows with
   the budget (300 iterations took 524 s at 10 ipc): 300 at 10 and 50 ipc, fewer at 100 and 600 to fit the CPU.
-- compress s and training times come from 1-3 benchmark processes sharing 2 cores."""
+- compress s and training times come from 1-3 benchmark processes sharing 2 cores.
+- AT steps / samples seen (from the AT row, else the ERM row; ERM and AT rows of a budget train alike): SGD
+  steps of batch 64 = epochs x ceil(k / 64), and the training samples the row's trainer counted."""
 
 
 def _order(name: str) -> tuple:
@@ -81,15 +99,72 @@ def _order(name: str) -> tuple:
     return (int(rest.split("_")[0]), list(METHODS).index(base) if base in METHODS else 99, m)
 
 
+# DM iterations of the committed dm rows (rows written before the row's info recorded them; read from the
+# pools' reports when the table was first generated, see the history of results/compress_fmnist.md)
+DM_ITERATIONS = {10: 300, 50: 300, 100: 150, 600: 40}
+
+
+def row_epochs(r: dict) -> int:
+    """The epochs a row trained (the last optim.epochs override wins, as in load_config)."""
+    if r.get("epochs"):
+        return int(r["epochs"])
+    return int([o.split("=", 1)[1] for o in r["overrides"] if o.startswith("optim.epochs=")][-1])
+
+
+def sgd_steps(r: dict) -> int:
+    """SGD steps of batch 64: epochs x ceil(k / 64) (plain shuffling and weighted draws alike)."""
+    return row_epochs(r) * math.ceil(r["n_train"] / 64)
+
+
+def budget_notes(done: list[dict]) -> list[str]:
+    """How far the rows' training budgets are from equal, from the rows' own counts."""
+    trained = {r["name"]: r for r in done}
+    ref_rows = [r for r in done if r["name"].startswith("random_ipc")]
+    if not ref_rows:
+        return []
+    lo = min(ref_rows, key=lambda r: r["samples_seen"])
+    hi = max(ref_rows, key=lambda r: r["samples_seen"])
+    steps = sorted({sgd_steps(r) for r in ref_rows})
+    out = [f"Training budget: epochs = ceil(steps x 64 / k) with --steps 800, meant as about 51,200 training "
+           f"samples per run, not equal SGD steps: the random rows (k = 10 x ipc) saw "
+           f"{lo['samples_seen']:,}-{hi['samples_seen']:,} samples in {steps[0]:,}-{steps[-1]:,} steps of 64 "
+           "(an epoch is ceil(k / 64) batches, the last one short)."]
+    odd = []
+    for key in dict.fromkeys(r["name"].removesuffix("_erm").removesuffix("_pgd_at") for r in done):
+        m, ipc = key.rsplit("_ipc", 1)
+        r = trained.get(f"{key}_pgd_at") or trained.get(f"{key}_erm")
+        ref = trained.get(f"random_ipc{ipc}_pgd_at") or trained.get(f"random_ipc{ipc}_erm")
+        if r and ref and abs(r["samples_seen"] / ref["samples_seen"] - 1) > 0.05:
+            odd.append(f"{m} at {ipc} ipc (k = {r['n_train']:,}): {sgd_steps(r):,} steps / {r['samples_seen']:,} "
+                       f"samples, {r['samples_seen'] / ref['samples_seen']:.2f}x random's {sgd_steps(ref):,} / "
+                       f"{ref['samples_seen']:,}")
+    if odd:
+        # rows whose epochs assumed k = 10 x ipc although they kept another k
+        old_k = any(not r["info"].get("epochs_from_k")
+                    and r["n_train"] != 10 * int(r["name"].split("_ipc")[1].split("_")[0]) for r in done)
+        out.append("Rows whose samples seen differ by more than 5% from the random row of their budget: "
+                   + "; ".join(odd) + ". Their accuracies are not at an equal training budget with the other rows "
+                   "of the same ipc. MFC rows trained with weighted sampling (data.weighting=sample) fill every "
+                   "batch to 64, so their epochs are ceil(k / 64) full batches (more samples for the same steps)."
+                   + (" Rows without `info.epochs_from_k` (all the MFC rows written before it) computed their "
+                      "epochs from k = 10 x ipc, which MFC's coverings do not keep (fewer centres: fewer steps and "
+                      "samples); rows trained from now on take their epochs from the actual k." if old_k else ""))
+    return out
+
+
 def report(done: list[dict]) -> None:
     done = sorted(done, key=lambda r: _order(r["name"]))
     by = {r["name"]: r for r in done}
     lines = ["# Robust dataset compression, Fashion-MNIST, Linf eps 0.1", "",
              "Command: `python benchmarks/compress_fmnist.py` (rows: compress_fmnist.jsonl; config "
-             "benchmarks/configs/compress_fmnist.yaml: half-width SmallCNN, PGD-7 training, same SGD steps for every "
-             "budget). Clean and PGD-20 on 1000 test points, AutoAttack (standard) on the first 200.", "",
-             "| method | ipc | k | ERM clean | AT clean | AT PGD-20 | AT AutoAttack | mean eta | compress s | device |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "benchmarks/configs/compress_fmnist.yaml: half-width SmallCNN, PGD-7 training, batch 64, epochs set "
+             "per budget by the script, see below). Clean and PGD-20 on 1000 test points, AutoAttack (standard) on "
+             "the first 200.", ""]
+    for para in budget_notes(done):
+        lines += [para, ""]
+    lines += ["| method | ipc | k | AT steps | samples seen | ERM clean | AT clean | AT PGD-20 | AT AutoAttack | "
+              "mean eta | compress s | device |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     seen = []
     for r in done:
         key = r["name"].removesuffix("_erm").removesuffix("_pgd_at")
@@ -97,14 +172,17 @@ def report(done: list[dict]) -> None:
             continue
         seen.append(key)
         m, ipc = key.rsplit("_ipc", 1)
-        pool_report = RUNS / "compress_fmnist" / "pools" / f"{m}_{ipc}.json"
-        label = m
-        if m == "dm" and pool_report.exists():  # DM's iterations differ by budget (CPU time)
-            label = f"dm ({json.loads(pool_report.read_text())['iterations']} it)"
         erm, at = by.get(f"{key}_erm"), by.get(f"{key}_pgd_at")
         any_r = at or erm
+        label = m
+        if m == "dm":  # DM's iterations differ by budget (CPU time)
+            pool_report = RUNS / "compress_fmnist" / "pools" / f"{m}_{ipc}.json"
+            it = any_r["info"].get("iterations") or (json.loads(pool_report.read_text())["iterations"]
+                                                      if pool_report.exists() else DM_ITERATIONS.get(int(ipc)))
+            label = f"dm ({it} it)" if it else "dm"
         eta = any_r["info"].get("eta_mean")
-        lines.append(f"| {label} | {ipc} | {any_r['info']['k']} | {pct(erm and erm['clean_acc'])} | "
+        lines.append(f"| {label} | {ipc} | {any_r['info']['k']} | {sgd_steps(any_r):,} | {any_r['samples_seen']:,} | "
+                     f"{pct(erm and erm['clean_acc'])} | "
                      f"{pct(at and at['clean_acc'])} | {pct(at and at['robust_acc'].get('pgd20'))} | "
                      f"{pct(at and at['robust_acc'].get('autoattack'))} | {'-' if eta is None else f'{eta:.3f}'} | "
                      f"{any_r['info']['compress_seconds']:.1f} | {any_r['device']} |")
@@ -141,7 +219,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ipc", type=int, nargs="+", default=[10, 50, 100, 600])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ap.add_argument("--steps", type=int, default=800, help="SGD steps per training run (batch 64)")
+    ap.add_argument("--steps", type=int, default=800,
+                    help="training budget: epochs = ceil(steps * 64 / k), about steps * 64 samples per run")
     ap.add_argument("--dm-iterations", type=int, default=300)
     ap.add_argument("--plot-only", action="store_true")
     args = ap.parse_args()

@@ -9,8 +9,11 @@ Stages (each resumable; rerun the same command to go on):
   generator  train the DDPM (configs/synth/fmnist_ddpm.yaml, 1500 steps, checkpoints every 250)
   sample_ladder  1x the real set from each earlier checkpoint (waits for it) and from a Gaussian proxy
   sample_final   5x the real set from the final checkpoint (1x and 2x are its class-balanced heads)
-  train      classifier rows (half-width SmallCNN, PGD-7 AT at Linf 0.1, same step budget):
-             real only, real + generated 1x / 2x / 5x, generated only, one row per ladder rung
+  train      classifier rows (half-width SmallCNN, PGD-7 AT at Linf 0.1, 40 epochs): real only,
+             real + generated 1x / 2x / 5x, generated only, one row per ladder rung. With the current
+             sampler a real + generated epoch is ceil(real-set size / batch) batches, real_only's
+             count; gen_only's epoch is the generated set's size / batch (longer). The report shows each
+             row's samples seen and grad evals, and flags budgets unequal to real_only's.
   quality    ARC (robust discrimination area), conditional W1 (input, features), Frechet per rung
   certify    Gaussian-noise training (sigma 0.25) with and without generated data, then
              randomized-smoothing certification at several L2 radii
@@ -21,6 +24,7 @@ Stages (each resumable; rerun the same command to go on):
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -39,6 +43,9 @@ SAMPLER = {"scheduler": "dpm", "steps": 10}  # DPM-Solver++ at 10 steps: ~9 ms p
 MIX = {"gen1x": 1, "gen2x": 2, "gen5x": 5}
 SIGMA = 0.25
 RADII = [0.0, 0.25, 0.5, 0.75, 1.0]
+# the commit that made a mixed epoch ceil(n_real / batch) batches (before: n_real // real_per_batch);
+# rows without a `git` field finished before it are reported as trained with the old sampler
+SAMPLER_FIX = ("8269fd9", "2026-12-02 09:43:18")
 
 
 def real_npz() -> Path:
@@ -205,32 +212,135 @@ def spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr(a, b).statistic) if len(a) >= 3 else float("nan")
 
 
+def base_config() -> dict:
+    import yaml
+
+    return yaml.safe_load(BASE.read_text())
+
+
+def se_points(p: float | None, n: int | None) -> float | None:
+    """Binomial standard error of an accuracy p on n points, in percentage points: 100 sqrt(p(1-p)/n)."""
+    return None if p is None or not n else 100 * math.sqrt(p * (1 - p) / n)
+
+
+def se_range(values: list) -> str:
+    if not values:
+        return "-"
+    lo, hi = f"{min(values):.1f}", f"{max(values):.1f}"
+    return f"about {lo}" if lo == hi else f"{lo}-{hi}"
+
+
+def old_sampler(row: dict) -> bool:
+    """A generated-data row trained before SAMPLER_FIX (rows since then record their commit in `git`)."""
+    return "git" not in row and row.get("finished", "") < SAMPLER_FIX[1]
+
+
+def budget_caveat(rows: dict, base: dict | None, cert_rows: dict) -> list[str]:
+    """The confound of unequal training budgets, computed from the rows' samples_seen / grad_evals."""
+    if not base:
+        return []
+    cfg = base_config()
+    B, f = cfg["optim"]["batch_size"], cfg["data"]["gen_fraction"]
+    epochs = base.get("epochs") or cfg["optim"]["epochs"]
+    groups: dict[tuple, list[str]] = {}
+    order = [r["name"] for r in train_rows()]
+    ordered = sorted(rows.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+    for r in ordered:
+        if r["name"] != "real_only":
+            groups.setdefault((r["samples_seen"], r["grad_evals"]), []).append(r["name"])
+    unequal = {k: v for k, v in groups.items() if abs(k[0] / base["samples_seen"] - 1) > 0.05}
+    if not unequal:
+        return []
+    parts = [f"{', '.join(names)} {k[0]:,} ({k[0] / base['samples_seen']:.2f}x real_only's; {k[1]:,} grad evals)"
+             for k, names in sorted(unequal.items())]
+    out = ["**Caveat: unequal training budgets.** real_only saw "
+           f"{base['samples_seen']:,} training samples ({base['grad_evals']:,} grad evals, "
+           f"{epochs} epochs of ceil({base['n_train']:,} / {B}) = {math.ceil(base['n_train'] / B)} SGD steps each); "
+           f"the other rows saw: {'; '.join(parts)}. So the gains of generated data over real_only in "
+           "this table (AA gain, PGD-20 gain, and the gains in the quality ladder) are confounded with that "
+           "many more SGD steps (and more adversarial-training compute), and do not show what the generated "
+           "data alone contributes."]
+    olds = [r for r in ordered if r["name"] not in ("real_only", "gen_only") and old_sampler(r)
+            and abs(r["samples_seen"] / base["samples_seen"] - 1) > 0.05]
+    if olds:
+        real_pb = B - round(f * B)
+        m = olds[0]
+        out.append(f"{', '.join(r['name'] for r in olds)} were trained before commit {SAMPLER_FIX[0]} with the old "
+                   f"sampler, whose real + generated epoch was n_real // real_per_batch = {N_REAL} // {real_pb} = "
+                   f"{N_REAL // real_pb} batches of {B} (generated share {f}; the rows' own counts agree: "
+                   f"{m['samples_seen']:,} / ({epochs} x {B}) = {m['samples_seen'] / (epochs * B):.0f} batches per "
+                   f"epoch). The current sampler makes it ceil(n_real / batch) = {math.ceil(N_REAL / B)} batches as "
+                   "in Wang et al. 2023, real_only's count, so a rerun of these rows gives them real_only's SGD "
+                   "steps; until then their gains are not evidence for generated data.")
+    if "gen_only" in rows and abs(rows["gen_only"]["samples_seen"] / base["samples_seen"] - 1) > 0.05:
+        g = rows["gen_only"]
+        n_gen = g["n_train"] - N_REAL
+        cur = math.ceil(n_gen / B)
+        was = f" ({g['samples_seen'] / (epochs * B):.0f} batches per epoch in its row)" if old_sampler(g) else ""
+        out.append(f"gen_only (gen_fraction 1.0) takes its epoch from the {n_gen:,} generated images{was}; the "
+                   f"current sampler makes it ceil({n_gen:,} / {B}) = {cur} batches, so on a rerun it still trains "
+                   f"{cur / math.ceil(N_REAL / B):.1f}x real_only's SGD steps unless its epochs are cut.")
+    cb = cert_rows.get("cert_real_only")
+    for name, c in cert_rows.items():
+        if cb and name != "cert_real_only" and abs(c["samples_seen"] / cb["samples_seen"] - 1) > 0.05:
+            out.append(f"The certification rows have the same confound: {name} saw {c['samples_seen']:,} "
+                       f"samples, {c['samples_seen'] / cb['samples_seen']:.2f}x cert_real_only's "
+                       f"{cb['samples_seen']:,}.")
+    out.append("Within the quality ladder every rung's row saw the same number of samples, and the gain is each "
+               "row minus the same real_only value, so the rank correlations there compare equal budgets; the "
+               "sizes and signs of the gains do not.")
+    return out
+
+
 def report() -> None:
     rows = done_rows(RESULTS / "proxy_fmnist.jsonl")
     quality = done_rows(RESULTS / "proxy_fmnist_quality.jsonl")
     cert = done_rows(RESULTS / "proxy_fmnist_certified.jsonl")
+    cert_train = done_rows(RESULTS / "proxy_fmnist_certify.jsonl")
     aa = lambda r: r["robust_acc"].get("autoattack")  # noqa: E731
     base = rows.get("real_only")
+    n_eval = next((r["eval"].get("n") for r in rows.values()), None)
+    n_aa = next((r["eval"].get("autoattack_n") for r in rows.values()), None)
+    aa_se = [se_points(aa(r), r["eval"].get("autoattack_n")) for r in rows.values() if aa(r) is not None]
+    pgd_se = [se_points(r["robust_acc"].get("pgd20"), r["eval"].get("n")) for r in rows.values()
+              if r["robust_acc"].get("pgd20") is not None]
     lines = ["# Proxy distributions, Fashion-MNIST (2,000 real images), SmallCNN x0.5, Linf eps 0.1", "",
              "Command: `PYTHONPATH=src:benchmarks python benchmarks/proxy_fmnist.py` (base config "
              "benchmarks/configs/proxy_fmnist.yaml; generator configs/synth/fmnist_ddpm.yaml trained on the same "
              f"2,000 images for {GEN_STEPS} steps; sampling DPM-Solver {SAMPLER['steps']} steps). Every row trains "
-             "for the same number of steps (epoch = real-set size / batch, generated share 0.7 per batch). Clean / "
-             "PGD-20 / CW-20 on 1000 test points, AutoAttack (standard) on the first 200 (one AA point = 0.5 "
-             "images; standard error about 3.5 points). `train s` was measured with 2 to 5 benchmark processes "
-             "sharing the 2 cores: every row does the same SGD steps, so differences there are load, not cost. "
-             "Certification rows: Gaussian-noise training at sigma 0.25, real only vs real + generated 2x.", "",
-             "## Real vs real + generated", "",
-             "| row | generated | clean | PGD-20 | CW-20 | AutoAttack | AA gain | train s | device |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"{base_config()['optim']['epochs']} epochs (rows with generated data: a generated share of "
+             f"{base_config()['data']['gen_fraction']} per batch, gen_only 1.0), but the number of SGD steps per "
+             "epoch differs between rows: see the caveat and the `samples seen` / `grad evals` columns (read from "
+             "the rows). Clean / "
+             f"PGD-20 / CW-20 on {n_eval} test points (binomial standard error sqrt(p(1-p)/n) "
+             + (f"{se_range(pgd_se)} points" if pgd_se else "-") + "). AutoAttack (standard) "
+             f"only on the first {n_aa} of them: one point there is {100 / n_aa if n_aa else 0:.1f} percentage "
+             "points, and its standard error is "
+             + (f"{se_range(aa_se)} points" if aa_se else "-") + " (per row in the `AA SE` "
+             "column), so AutoAttack differences of a few points are within noise; the PGD-20 and CW-20 columns, "
+             f"on {n_eval} points, are the more precise comparison. `train s` is wall time measured with 2 to 5 "
+             "benchmark processes sharing the 2 cores: it grows with the samples a row saw as well as with the "
+             "load, so it is neither a cost comparison nor load alone. Certification rows: Gaussian-noise "
+             "training at sigma 0.25, real only vs real + generated 2x.", ""]
+    for para in budget_caveat(rows, base, cert_train):
+        lines += [para, ""]
+    lines += ["## Real vs real + generated", "",
+              "| row | generated | samples seen | x real_only | grad evals | clean | PGD-20 | PGD-20 gain | CW-20 | "
+              "AutoAttack | AA SE | AA gain | train s | device |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in train_rows():
         if r["name"] not in rows or r["name"].startswith("ladder_"):
             continue
         d = rows[r["name"]]
         gain = f"{100 * (aa(d) - aa(base)):+.1f}" if base and aa(d) is not None else "-"
+        pgain = (f"{100 * (d['robust_acc']['pgd20'] - base['robust_acc']['pgd20']):+.1f}"
+                 if base and d["robust_acc"].get("pgd20") is not None else "-")
+        ratio = f"{d['samples_seen'] / base['samples_seen']:.2f}x" if base else "-"
+        se = se_points(aa(d), d["eval"].get("autoattack_n"))
         gen = next((o.split("=", 1)[1] for o in d["overrides"] if o.startswith("data.generated=")), "-")
-        lines.append(f"| {d['name']} | {Path(gen).name if gen != '-' else '-'} | {pct(d['clean_acc'])} | "
-                     f"{pct(d['robust_acc'].get('pgd20'))} | {pct(d['robust_acc'].get('cw20'))} | {pct(aa(d))} | "
+        lines.append(f"| {d['name']} | {Path(gen).name if gen != '-' else '-'} | {d['samples_seen']:,} | {ratio} | "
+                     f"{d['grad_evals']:,} | {pct(d['clean_acc'])} | {pct(d['robust_acc'].get('pgd20'))} | {pgain} | "
+                     f"{pct(d['robust_acc'].get('cw20'))} | {pct(aa(d))} | {'-' if se is None else f'{se:.1f}'} | "
                      f"{gain} | {d['train_seconds']:.0f} | {d['device']} |")
     lines += ["", "## Quality ladder (1x generated each): quality measures vs the robust-accuracy gain", "",
               "ARC area: area under the accuracy-vs-radius curve of real-vs-generated discriminators adversarially "
@@ -241,8 +351,10 @@ def report() -> None:
               "draws (95% CI over draws), in pixel space and in the penultimate features of the real_only "
               "classifier, next to the real-vs-real floor (two disjoint 100-image real draws) that a perfect "
               "generator would reach; Frechet: in the same features.", "",
-              "| proxy | ARC area | cond. W1 input (95% CI) | cond. W1 features | Frechet features | PGD-20 | "
-              "PGD-20 gain | AA | AA gain |", "|---|---|---|---|---|---|---|---|---|"]
+              "Each rung's row trains on real + 1x that proxy (the ddpm1500 rung is the gen1x row); gains are over "
+              f"real_only, PGD-20 on {n_eval} points, AA on {n_aa} (see the caveat above for the step budgets).", "",
+              "| proxy | ARC area | cond. W1 input (95% CI) | cond. W1 features | Frechet features | samples seen | "
+              "PGD-20 | PGD-20 gain | AA | AA gain |", "|---|---|---|---|---|---|---|---|---|---|"]
     floors = [q["wasserstein_input"].get("real_vs_real_floor") for q in quality.values()]
     ffloors = [q["wasserstein_features"].get("real_vs_real_floor") for q in quality.values()]
     if floors and floors[0] and ffloors[0]:
@@ -261,8 +373,10 @@ def report() -> None:
         wi, wf = q["wasserstein_input"], q["wasserstein_features"]
         ga = 100 * (aa(row) - aa(base)) if row and base else None
         gp = 100 * (pgd(row) - pgd(base)) if row and base else None
+        seen = f"{row['samples_seen']:,}" if row else "-"
         lines.append(f"| {name} | {arc:.3f} | {wi['mean']:.3f} [{wi['ci95'][0]:.3f}, {wi['ci95'][1]:.3f}] | "
-                     f"{wf['mean']:.3f} | {q['frechet_features']:.2f} | {pct(pgd(row)) if row else '-'} | "
+                     f"{wf['mean']:.3f} | {q['frechet_features']:.2f} | {seen} | "
+                     f"{pct(pgd(row)) if row else '-'} | "
                      f"{'-' if gp is None else f'{gp:+.1f}'} | {pct(aa(row)) if row else '-'} | "
                      f"{'-' if ga is None else f'{ga:+.1f}'} |")
         if ga is not None:
@@ -286,11 +400,13 @@ def report() -> None:
                   f"L2 radii in [0,1] pixel units. With n = {c0['n']} the largest certifiable radius is "
                   f"sigma * Phi^-1(alpha^(1/n)) = {r_max:.2f}, so larger radii read 0 by construction. ACR: average "
                   "certified radius.", "",
-                  "| row | " + " | ".join(f"r={r:g}" for r in RADII) + " | ACR | abstain | certify s | device |",
-                  "|---|" + "---|" * (len(RADII) + 4)]
+                  "| row | train samples seen | " + " | ".join(f"r={r:g}" for r in RADII) +
+                  " | ACR | abstain | certify s | device |",
+                  "|---|---|" + "---|" * (len(RADII) + 4)]
         for name, c in cert.items():
             acc = c["certified_acc"]
-            lines.append(f"| {name} | " + " | ".join(f"{100 * acc[f'{r:g}']:.1f}" for r in RADII) +
+            seen = f"{cert_train[name]['samples_seen']:,}" if name in cert_train else "-"
+            lines.append(f"| {name} | {seen} | " + " | ".join(f"{100 * acc[f'{r:g}']:.1f}" for r in RADII) +
                          f" | {c['acr']:.3f} | {100 * c['abstain_rate']:.1f} | {c['seconds']:.0f} | {c['device']} |")
     (RESULTS / "proxy_fmnist.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -329,7 +445,7 @@ def plot(rows: dict, quality: dict, base: dict | None) -> None:
             ax.annotate(name, (v, g), fontsize=7)
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_xlabel(label)
-        ax.set_ylabel("AutoAttack gain over real only (points)")
+        ax.set_ylabel("AutoAttack gain over real only (points, 200 test points)")
     fig.tight_layout()
     fig.savefig(RESULTS / "proxy_fmnist.png", dpi=120)
 

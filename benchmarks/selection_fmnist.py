@@ -11,6 +11,7 @@ one JSON line per finished row in benchmarks/results/selection_fmnist.jsonl.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from common import RESULTS, best_epoch, done_rows, pct, run_table
@@ -59,6 +60,59 @@ def grad_evals(r: dict) -> int:
     return g
 
 
+# the commit from which LR schedules run in epochs; before it the schedule's horizon was recomputed from
+# the (shrunken) selected epoch, so a row that trained a full warm-up epoch first reached the cosine's
+# floor early. Rows without a `git` field finished before it were trained that way.
+LR_FIX = ("8269fd9", "2026-12-02 09:43:18")
+WARMUP_MARK, LR_MARK = "†", "‡"
+
+
+def start_epoch(r: dict) -> int:
+    """The row's selection.start_epoch override (0, the config default, when absent)."""
+    vals = [o.split("=", 1)[1] for o in r["overrides"] if o.startswith("selection.start_epoch=")]
+    return int(vals[-1]) if vals else 0
+
+
+def warmup_checkpoint(r: dict) -> bool:
+    """Model selection kept an epoch at or before the first selection (best_epoch is 1-based, start_epoch
+    counts the full-data warm-up epochs): the weights never trained on a selected subset."""
+    return start_epoch(r) >= 1 and r.get("best_epoch") is not None and r["best_epoch"] <= start_epoch(r)
+
+
+def old_lr_schedule(r: dict) -> bool:
+    """A warm-up row trained before LR_FIX (rows since then record their commit in `git`)."""
+    return start_epoch(r) >= 1 and "git" not in r and r.get("finished", "") < LR_FIX[1]
+
+
+def flags(r: dict) -> str:
+    marks = [m for m, on in ((WARMUP_MARK, warmup_checkpoint(r)), (LR_MARK, old_lr_schedule(r))) if on]
+    return " ".join(marks) or "-"
+
+
+def lr_example(done: list[dict]) -> str:
+    """Where the old schedule's cosine reached its floor, for the smallest kept fraction among the old rows:
+    it spanned epochs x the selected epoch's batches, while the run trained start_epoch full epochs first."""
+    import yaml
+
+    cfg = yaml.safe_load(BASE.read_text())
+    B = cfg["optim"]["batch_size"]
+    full = next((r for r in done if r["name"] == "full_100"), None)
+    olds = [r for r in done if old_lr_schedule(r) and r.get("epochs")]
+    if not (full and olds):
+        return ""
+    r = min(olds, key=lambda r: r["n_train"])
+    e, s0 = r["epochs"], start_epoch(r)
+    full_b, sel_b = math.ceil(full["n_train"] / B), math.ceil(r["n_train"] / B)
+    total, it0, horizon = s0 * full_b + (e - s0) * sel_b, s0 * full_b, e * sel_b
+    cos = lambda t: 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))  # noqa: E731  (the old cosine, clamped at t=1)
+    return (f", e.g. at {100 * r['n_train'] / full['n_train']:.0f}% kept ({r['name']}): {s0} warm-up epoch of "
+            f"{full_b} batches + {e - s0} epochs of {sel_b} = {total} iterations, while after the first selection "
+            f"the cosine's horizon became {e} x {sel_b} = {horizon} (during the warm-up it was {e} x {full_b}): the "
+            f"learning-rate factor jumped from {cos(it0 / (e * full_b)):.2f} to {cos(it0 / horizon):.2f} at the "
+            f"first selection and reached the cosine's floor at iteration {horizon} of "
+            f"{total}, so the last {total - horizon} iterations ran at a learning rate of 0")
+
+
 def report(done: list[dict]) -> None:
     full = next((r for r in done if r["name"] == "full_100"), None)
     base_s = full["total_seconds"] if full else None
@@ -72,10 +126,24 @@ def report(done: list[dict]) -> None:
              "attack, scoring and selection included) is the load-independent cost ratio. The margin and PUMA "
              "rows ran before DeepFool's extra backward passes were counted; their grad evals here add them "
              "from the rows' own counts (`grad_evals` in this script; +62,031 each, which lowers "
-             "their pass ratios by 0.15-0.35x).", "",
-             "| row | kept | clean | PGD-20 | CW-20 | AutoAttack | wall s | speed-up | grad evals | pass ratio | "
-             "best epoch | device |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "their pass ratios by 0.15-0.35x).", ""]
+    warm = [r for r in done if warmup_checkpoint(r)]
+    old_lr = [r for r in done if old_lr_schedule(r)]
+    if warm:
+        lines += [f"**{WARMUP_MARK} Warm-up checkpoint ({len(warm)} rows: {', '.join(r['name'] for r in warm)}):** "
+                  "model selection kept the warm-up checkpoint trained on all data before any selection (best "
+                  "epoch <= the row's selection.start_epoch); the row does not measure the method. Rows that kept "
+                  "the same warm-up checkpoint share identical accuracies.", ""]
+    if old_lr:
+        every = len(old_lr) == sum(start_epoch(r) >= 1 for r in done)
+        lines += [f"**{LR_MARK} Old learning-rate schedule ({len(old_lr)} rows"
+                  + (": every row with selection.start_epoch >= 1" if every else ", with selection.start_epoch >= 1")
+                  + f"):** trained before commit {LR_FIX[0]}, when the schedule's horizon was recomputed from the "
+                  "shrunken selected epoch, so the cosine reached its floor early" + lr_example(done) + ". "
+                  "Their accuracies and best epochs are not those of the intended schedule; they need a rerun.", ""]
+    lines += ["| row | kept | clean | PGD-20 | CW-20 | AutoAttack | wall s | speed-up | grad evals | pass ratio | "
+              "best epoch | flags | device |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in done:
         ra = r["robust_acc"]
         sp = f"{base_s / r['total_seconds']:.2f}x" if base_s else "-"
@@ -83,8 +151,7 @@ def report(done: list[dict]) -> None:
         kept = r["name"].rsplit("_", 1)[1] + "%" if r["name"].rsplit("_", 1)[1].isdigit() else "100%"
         lines.append(f"| {r['name']} | {kept} | {pct(r['clean_acc'])} | {pct(ra.get('pgd20'))} | {pct(ra.get('cw20'))} | "
                      f"{pct(ra.get('autoattack'))} | {r['total_seconds']:.0f} | {sp} | {grad_evals(r):,} | "
-                     f"{pr} | {best_epoch(r)} | "
-                     f"{r['device']} |")
+                     f"{pr} | {best_epoch(r)} | {flags(r)} | {r['device']} |")
     (RESULTS / "selection_fmnist.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     plot(done)
