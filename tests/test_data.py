@@ -392,9 +392,10 @@ def test_sampler_ddp_shards(gen_fraction):
     samplers = [MixingSampler(gen, 8, gen_fraction=gen_fraction, rank=r, world_size=3) for r in range(3)]
     shards = [s.epoch(4, seed=9) for s in samplers]
     assert len({len(s) for s in samplers}) == 1 and all(len(b) == len(samplers[0]) for b in shards)
-    if gen_fraction is None:  # 12 global batches -> 4 per rank; disjoint and covering all 90 positions
+    assert all(len(t) == 8 for b in shards for t in b)  # equal batch sizes on every rank
+    if gen_fraction is None:  # 90 // 8 = 11 whole batches -> 3 per rank; disjoint
         flat = torch.cat([torch.cat(b) for b in shards]).tolist()
-        assert len(flat) == len(set(flat)) == 90
+        assert len(flat) == len(set(flat)) == 72
     else:  # ceil(60 real / 8) = 8 global batches -> 2 per rank, 6 real each; real positions disjoint across ranks
         real = [set(torch.cat(b)[~gen[torch.cat(b)]].tolist()) for b in shards]
         assert all(len(r) == 12 for r in real) and not (real[0] & real[1] or real[1] & real[2] or real[0] & real[2])

@@ -19,8 +19,8 @@ class MixingSampler:
     weights=w (no mixing): every batch draws B positions with replacement, P(i) = w_i / sum(w), as many
     batches as plain shuffling; training them with weight 1 has the weighted loss's expected gradient
     without its variance when a few weights are large (a covering centre standing for hundreds of points).
-    With world_size > 1 rank r takes global batches r, r + world_size, ...; tail batches that do not divide
-    evenly are dropped so every rank has len(sampler) batches."""
+    With world_size > 1 rank r takes global batches r, r + world_size, ...; a partial last batch and tail
+    batches that do not divide evenly are dropped, so every rank has len(sampler) batches of B."""
 
     def __init__(self, is_generated: torch.Tensor, batch_size: int, gen_fraction: float | None = None,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1, weights: torch.Tensor | None = None):
@@ -44,7 +44,10 @@ class MixingSampler:
         n_real, n_gen = len(self.real_pos), len(self.gen_pos)
         if gen_fraction is None:
             self.gen_per_batch = self.real_per_batch = None
-            n_global = self.n // batch_size if drop_last else math.ceil(self.n / batch_size)
+            # several ranks: whole batches only, so every rank's step averages the same number of samples
+            # (DDP averages the ranks' gradients equally); the dropped tail changes with each epoch's shuffle
+            whole = drop_last or world_size > 1
+            n_global = self.n // batch_size if whole else math.ceil(self.n / batch_size)
         else:
             if not 0.0 <= gen_fraction <= 1.0:
                 raise ValueError(f"MixingSampler: gen_fraction must be in [0, 1], got {gen_fraction}")
