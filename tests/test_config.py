@@ -73,3 +73,23 @@ def test_label_smoothing_an_objective_would_ignore_is_rejected():
 def test_a_selection_file_and_a_selection_method_are_not_both_accepted():
     with pytest.raises(ConfigError, match="keep one"):
         validate_config({"data": {"selection": "sel.npz"}, "selection": {"method": "loss", "fraction": 0.5}})
+
+
+def test_model_fields_the_model_does_not_use_are_rejected_and_dropout_reaches_the_model():
+    import torch
+    import yaml
+
+    from leanrobust.train import build_from_spec, model_spec
+
+    with pytest.raises(ConfigError, match="model.width.*preact_resnet18"):
+        validate_config({"model": {"name": "preact_resnet18", "width": 0.5}})
+    with pytest.raises(ConfigError, match="activation"):
+        validate_config({"model": {"name": "smallcnn", "activation": "silu"}})
+    cfg = validate_config({"model": {"name": "wideresnet", "depth": 10, "widen_factor": 1, "dropout": 0.3}})
+    assert validate_config(yaml.safe_load(dump_config(cfg))) == cfg  # a resolved config reloads
+    info = type("Info", (), {"size": 32, "num_classes": 10, "channels": 3, "mean": (0.5,) * 3, "std": (0.5,) * 3})
+    net = build_from_spec(model_spec(cfg, info))
+    assert [b.dropout for b in net.modules() if type(b).__name__ == "WideBlock"] == [0.3] * 3
+    small = validate_config({"model": {"dropout": 0.1}})
+    info.size, info.channels, info.mean, info.std = 28, 1, (0.5,), (0.5,)
+    assert [m.p for m in build_from_spec(model_spec(small, info)).modules() if isinstance(m, torch.nn.Dropout)] == [0.1]

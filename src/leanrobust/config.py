@@ -46,6 +46,21 @@ class ModelConfig(_Strict):
     depth: int = Field(28, ge=10, description="WideResNet depth")
     widen_factor: int = Field(10, ge=1, description="WideResNet width")
     activation: Literal["relu", "silu"] = "relu"
+    dropout: Optional[float] = Field(None, ge=0.0, lt=1.0, description="SmallCNN / WideResNet dropout "
+                                     "(default: the paper's, 0.5 in SmallCNN's classifier, 0 in WideResNet)")
+
+    @model_validator(mode="after")
+    def _fields_of_this_model(self) -> "ModelConfig":
+        """A field changed from its default for a model that does not have it (width on a ResNet) would be
+        ignored: reject it. (Defaults pass, so a resolved config.yaml, which lists every field, reloads.)"""
+        uses = {"smallcnn": {"width", "dropout"}, "wideresnet": {"depth", "widen_factor", "activation", "dropout"},
+                "preact_resnet18": set(), "resnet18": set()}[self.name]
+        unused = sorted(k for k, f in type(self).model_fields.items()
+                        if k != "name" and k not in uses and getattr(self, k) != f.default)
+        if unused:
+            raise ValueError(f"model.{', model.'.join(unused)} not used by model {self.name!r} "
+                             f"(it takes: {', '.join(sorted(uses)) or 'no options'})")
+        return self
 
 
 class ObjectiveConfig(_Strict):

@@ -62,6 +62,8 @@ def model_spec(cfg: RunConfig, info) -> dict:
     kw = {"width": m.width, "input_size": info.size} if m.name == "smallcnn" else {}
     if m.name == "wideresnet":
         kw = {"depth": m.depth, "widen_factor": m.widen_factor, "activation": m.activation}
+    if m.dropout is not None:
+        kw["dropout"] = m.dropout
     return {"name": m.name, "num_classes": info.num_classes, "in_channels": info.channels,
             "mean": list(info.mean), "std": list(info.std), "kwargs": kw}
 
