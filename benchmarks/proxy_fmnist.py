@@ -11,8 +11,8 @@ Stages (each resumable; rerun the same command to go on):
   sample_final   5x the real set from the final checkpoint (1x and 2x are its class-balanced heads)
   train      classifier rows (half-width SmallCNN, PGD-7 AT at Linf 0.1, 40 epochs): real only,
              real + generated 1x / 2x / 5x, generated only, one row per ladder rung. With the current
-             sampler a real + generated epoch is ceil(real-set size / batch) batches, real_only's
-             count; gen_only's epoch is the generated set's size / batch (longer). The report shows each
+             sampler every epoch is ceil(real-set size / batch) batches, real_only's count, also
+             gen_only's (generated share 1.0). The report shows each
              row's samples seen and grad evals, and flags budgets unequal to real_only's.
   quality    ARC (robust discrimination area), conditional W1 (input, features), Frechet per rung
   certify    Gaussian-noise training (sigma 0.25) with and without generated data, then
@@ -275,11 +275,10 @@ def budget_caveat(rows: dict, base: dict | None, cert_rows: dict) -> list[str]:
     if "gen_only" in rows and abs(rows["gen_only"]["samples_seen"] / base["samples_seen"] - 1) > 0.05:
         g = rows["gen_only"]
         n_gen = g["n_train"] - N_REAL
-        cur = math.ceil(n_gen / B)
         was = f" ({g['samples_seen'] / (epochs * B):.0f} batches per epoch in its row)" if old_sampler(g) else ""
-        out.append(f"gen_only (gen_fraction 1.0) takes its epoch from the {n_gen:,} generated images{was}; the "
-                   f"current sampler makes it ceil({n_gen:,} / {B}) = {cur} batches, so on a rerun it still trains "
-                   f"{cur / math.ceil(N_REAL / B):.1f}x real_only's SGD steps unless its epochs are cut.")
+        out.append(f"gen_only (gen_fraction 1.0) took its epoch from the {n_gen:,} generated images{was}; the "
+                   f"current sampler makes it ceil({N_REAL:,} real / {B}) = {math.ceil(N_REAL / B)} batches, "
+                   "real_only's count, so a rerun gives it real_only's SGD steps.")
     cb = cert_rows.get("cert_real_only")
     for name, c in cert_rows.items():
         if cb and name != "cert_real_only" and abs(c["samples_seen"] / cb["samples_seen"] - 1) > 0.05:

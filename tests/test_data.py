@@ -377,8 +377,9 @@ def test_sampler_mixing():
     g = torch.cat([t[gen[t]] for t in b])
     assert len(b) == 7 and torch.bincount(g, minlength=100)[gen].min() >= 1
     assert len(set(g[:30].tolist())) == 30  # a full pass before any repeat
-    s = MixingSampler(gen, 10, gen_fraction=1.0)
-    assert len(s) == 3 and all(gen[t].all() for t in s.epoch(0, 0))
+    s = MixingSampler(gen, 10, gen_fraction=1.0)  # generated only: still the real set's 70 / 10 steps
+    assert len(s) == 7 and all(gen[t].all() for t in s.epoch(0, 0))
+    assert len(MixingSampler(torch.ones(30, dtype=torch.bool), 10, gen_fraction=1.0)) == 3  # no real data
     for bad in (dict(gen_fraction=1.5), dict(gen_fraction=-0.1), dict(batch_size=0)):
         with pytest.raises(ValueError):
             MixingSampler(gen, **{"batch_size": 10, **bad})

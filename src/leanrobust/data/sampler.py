@@ -14,7 +14,8 @@ class MixingSampler:
     gen_fraction=None: a permutation of all positions cut into batches (ceil(n/B), or floor with drop_last).
     gen_fraction=f: every batch holds round(f*B) generated and B - round(f*B) real positions; an epoch is
     ceil(n_real / B) batches (floor with drop_last; at least 1), the real set's size over the batch size as
-    in Wang et al. 2023 (so an epoch sees (1-f) of the real set); with f=1 it is n_gen / B. Real and
+    in Wang et al. 2023 (so an epoch sees (1-f) of the real set; with f=1, still n_real / B, so a
+    generated-only run takes as many steps as a real-only one; n_gen / B without real data). Real and
     generated positions each cycle through fresh permutations.
     weights=w (no mixing): every batch draws B positions with replacement, P(i) = w_i / sum(w), as many
     batches as plain shuffling; training them with weight 1 has the weighted loss's expected gradient
@@ -57,7 +58,7 @@ class MixingSampler:
                 raise ValueError(f"MixingSampler: gen_fraction={gen_fraction} but there are no generated positions")
             if self.real_per_batch and not n_real:
                 raise ValueError(f"MixingSampler: gen_fraction={gen_fraction} needs real positions, there are none")
-            n_ref = n_real if self.real_per_batch else n_gen
+            n_ref = n_real if n_real else n_gen  # the real set's size, also when f=1 trains on generated only
             n_global = max(1, n_ref // batch_size if drop_last else math.ceil(n_ref / batch_size))
         self.batches_per_rank = n_global // world_size
         if self.batches_per_rank == 0:
