@@ -176,7 +176,8 @@ def test_cifar(tmp_path, name, packed):
     assert np.array_equal(x.numpy(), np.concatenate([d for _, d, _ in train]).reshape(-1, 3, 32, 32))
     assert y.tolist() == sum((lab for _, _, lab in train), [])
     xt, yt = load_dataset(name, "test", root=tmp_path, download=False)
-    assert xt.shape == (3, 3, 32, 32)
+    _, test_data, test_labels = batches["test_batch" if name == "cifar10" else "test"]
+    assert np.array_equal(xt.numpy(), test_data.reshape(-1, 3, 32, 32)) and yt.tolist() == test_labels
 
 
 def py2_cifar_pickle(data: np.ndarray, labels) -> bytes:

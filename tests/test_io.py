@@ -8,26 +8,34 @@ import torch
 from leanrobust.io import WeightsError, atomic_write, load_checkpoint, load_weights, save_checkpoint, save_weights
 
 
+MARKER = "/tmp/leanrobust_test_io_pwned"
+
+
 class _Evil:
-    def __reduce__(self):
-        return (os.system, ("echo pwned > /dev/null",))
+    def __reduce__(self):  # unpickling it would create MARKER
+        return (os.system, (f"touch {MARKER}",))
 
 
 def test_weights_round_trip(tmp_path):
     m = torch.nn.Linear(3, 2)
     save_weights(tmp_path / "w.safetensors", m, {"k": "v"})
     sd = load_weights(tmp_path / "w.safetensors")
-    assert torch.equal(sd["weight"], m.weight.detach())
+    assert torch.equal(sd["weight"], m.weight.detach()) and torch.equal(sd["bias"], m.bias.detach())
+    from leanrobust.io import read_metadata
+    assert read_metadata(tmp_path / "w.safetensors")["k"] == "v"
 
 
 def test_pickle_where_weights_expected_is_refused(tmp_path):
     p = tmp_path / "model.safetensors"
+    if os.path.exists(MARKER):
+        os.unlink(MARKER)
     p.write_bytes(pickle.dumps({"weight": _Evil()}))
-    with pytest.raises(WeightsError, match="model.safetensors"):
+    with pytest.raises(WeightsError, match="model.safetensors: not a valid safetensors weights file"):
         load_weights(p)
     import leanrobust
-    with pytest.raises(WeightsError):
+    with pytest.raises(WeightsError, match="not a valid safetensors"):
         leanrobust.load(p)
+    assert not os.path.exists(MARKER)  # nothing was unpickled
 
 
 def test_checkpoint_refuses_arbitrary_pickles(tmp_path):
@@ -35,6 +43,7 @@ def test_checkpoint_refuses_arbitrary_pickles(tmp_path):
     torch.save({"x": _Evil()}, p)
     with pytest.raises(WeightsError, match="unsafe"):
         load_checkpoint(p)
+    assert not os.path.exists(MARKER)
     save_checkpoint(p, {"t": torch.arange(3), "n": 1, "s": "a", "l": [1.0]})
     assert load_checkpoint(p)["n"] == 1
 
@@ -43,7 +52,7 @@ def test_truncated_weights(tmp_path):
     p = tmp_path / "w.safetensors"
     save_weights(p, torch.nn.Linear(30, 20))
     p.write_bytes(p.read_bytes()[:100])
-    with pytest.raises(WeightsError):
+    with pytest.raises(WeightsError, match="not a valid safetensors"):
         load_weights(p)
 
 

@@ -44,6 +44,7 @@ def test_changing_epoch_length_keeps_the_schedule_in_epochs(schedule):
     lengths = [100, 100] + [30] * 8
     for epoch, ipe in enumerate(lengths):
         assert lr_factor(c, epoch, 0, ipe) == pytest.approx(lr_factor(c, epoch, 0, 100))
+        assert lr_factor(c, epoch, ipe // 2, ipe) == pytest.approx(lr_factor(c, epoch, 50, 100))  # mid-epoch
     last = lr_factor(c, 9, 29, 30)
     assert last == pytest.approx(lr_factor(c, 9, 99, 100), abs=0.02)
     if schedule == "cosine":

@@ -316,6 +316,14 @@ def test_dynamic_selection_in_a_real_trainer_counts_scoring_passes(tmp_path):
     # the pool (PGD-1: 1 grad pass and 1 no-grad forward each)
     assert trainer.counter.grad_evals == 42 * 2 + 2 * (21 * 2 + 42)
     assert trainer.counter.forward_evals == 2 * 42
+    # the schedule runs in epochs: 3 batches in epoch 0, 2 after the selection; each logged rate is the
+    # closed form at the epoch's last batch, not one from a horizon recomputed from the shorter epochs
+    from leanrobust.schedule import lr_factor
+
+    logged = [json.loads(ln)["lr"] for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    o = cfg.optim
+    expected = [o.lr * lr_factor(o, e, ipe - 1, ipe) for e, ipe in enumerate([3, 2, 2])]
+    assert logged == pytest.approx(expected)
 
 
 # ----------------------------------------------------------------------------- Bullet-Train

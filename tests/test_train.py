@@ -45,6 +45,7 @@ def test_one_epoch_run_writes_every_file(tmp_path):
     assert on_disk["status"] == "complete"
     assert set(on_disk["robust_acc"]) == {"pgd5", "cw5", "autoattack"}
     assert 0.0 <= on_disk["clean_acc"] <= 1.0
+    assert all(acc <= on_disk["clean_acc"] for acc in on_disk["robust_acc"].values())  # robust implies correct
     assert on_disk["n_train"] == 256 and on_disk["samples_seen"] == 256
     # PGD-2 training: each sample costs 2 attack passes + 1 update pass (all with grad)
     assert on_disk["grad_evals"] == 256 * 3
@@ -89,13 +90,17 @@ def test_a_crash_between_the_epoch_writes_leaves_consistent_best_weights_and_met
 
 @needs_fmnist
 @pytest.mark.parametrize("objective,ema", [("trades", None), ("pgd_at", 0.9)])
-def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, objective, ema):
+def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, objective, ema, monkeypatch):
     cfg = tiny_config(**{"objective.name": objective, "optim.ema_tau": ema, "eval.attacks": []})
     full = Trainer(cfg, tmp_path / "full").fit()
     assert Trainer(cfg, tmp_path / "cut").fit(stop_after_epoch=1) is None
     assert not (tmp_path / "cut" / "summary.json").exists()
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 1
+    trained = []
+    epoch_fn = Trainer.train_epoch
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self, e: (trained.append(e), epoch_fn(self, e))[1])
     resumed = resume(tmp_path / "cut")
+    assert trained == [1]  # the checkpoint was restored: only the missing epoch ran
     a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     for k in a["model"]:
@@ -171,17 +176,21 @@ def _write_npz(path, images, labels):
     np.savez(path, image=images, label=labels)
 
 
+@pytest.mark.parametrize("where", ["train", "test"])
 @pytest.mark.parametrize("problem,needle", [
-    ("wrong_keys", "label"),
-    ("label_range", "label"),
-    ("nan", "finite"),
-    ("truncated", "train.npz"),
+    ("wrong_keys", "expected keys 'image' and 'label'"),
+    ("label_range", "out of range"),
+    ("nan", "non-finite"),
+    ("truncated", "corrupt|truncated|not an .npz"),
 ])
-def test_bad_npz_gives_clear_error_and_no_finished_run(tmp_path, problem, needle):
+def test_bad_npz_gives_clear_error_and_no_finished_run(tmp_path, problem, needle, where):
+    """A bad training file fails before anything is written; a bad test file is only read after
+    training: the run keeps its checkpoint (resumable once the file is fixed) but is not marked complete."""
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8)
     labels = rng.integers(0, 10, 64)
-    path = tmp_path / "train.npz"
+    good, path = tmp_path / "good.npz", tmp_path / f"{where}.npz"
+    _write_npz(good, images, labels)
     if problem == "wrong_keys":
         np.savez(path, images=images, labels=labels)
     elif problem == "label_range":
@@ -193,12 +202,15 @@ def test_bad_npz_gives_clear_error_and_no_finished_run(tmp_path, problem, needle
     else:
         _write_npz(path, images, labels)
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    cfg = tiny_config(**{"data.dataset": "npz", "data.path": str(path), "data.test_path": str(path),
-                         "data.num_classes": 10, "data.train_subset": None, "data.val_size": 8})
-    with pytest.raises(ValueError) as e:
+    train_file, test_file = (path, good) if where == "train" else (good, path)
+    cfg = tiny_config(**{"data.dataset": "npz", "data.path": str(train_file), "data.test_path": str(test_file),
+                         "data.num_classes": 10, "data.train_subset": None, "data.val_size": 8,
+                         "optim.epochs": 1, "eval.attacks": []})
+    with pytest.raises(ValueError, match=needle) as e:
         Trainer(cfg, tmp_path / "run").fit()
-    assert needle in str(e.value) and "train.npz" in str(e.value)
+    assert f"{where}.npz" in str(e.value)
     assert not (tmp_path / "run" / "summary.json").exists()
+    assert (tmp_path / "run" / "checkpoint.pt").exists() == (where == "test")
 
 
 def test_npz_dataset_trains(tmp_path):
@@ -261,6 +273,6 @@ def test_every_shipped_method_config_trains(tmp_path, path):
                              "validation.n=32", "validation.steps=2", "eval.n=32", "eval.attacks=[pgd5]"])
     summary = Trainer(cfg, tmp_path).fit()
     assert summary["config"]["objective"]["name"] == cfg.objective.name
-    assert summary["grad_evals"] > 0 and 0.0 <= summary["robust_acc"]["pgd5"] <= 1.0
+    assert summary["grad_evals"] > 0 and 0.0 <= summary["robust_acc"]["pgd5"] <= summary["clean_acc"]
     if cfg.selection.method != "none":  # selected at epoch 1 of 2: the second epoch trains on half the pool
         assert summary["samples_seen"] < 2 * 192
