@@ -129,13 +129,31 @@ def test_resumed_forgetting_selection_keeps_the_counts_observed_before_the_cut(t
 
 
 @needs_fmnist
-def test_selection_sets_subset_eps_and_weight(tmp_path):
+def test_selection_sets_subset_eps_and_weight(tmp_path, monkeypatch):
+    """Each batch carries the selection's own pool indices, per-sample eps and loss weights."""
     from leanrobust.selection import Selection
-    sel = Selection(torch.arange(0, 200, 2), torch.ones(100), torch.full((100,), 0.05))
+    eps = torch.where(torch.arange(100) % 2 == 0, 0.05, 0.02)
+    weight = 1.0 + torch.arange(100) % 3
+    sel = Selection(torch.arange(0, 200, 2), weight, eps)
     sel.save(tmp_path / "sel.npz")
     cfg = tiny_config(**{"optim.epochs": 1, "data.selection": str(tmp_path / "sel.npz"), "eval.attacks": []})
-    summary = Trainer(cfg, tmp_path / "run").fit()
+    trainer = Trainer(cfg, tmp_path / "run")
+    seen = []
+    batch = trainer.batch
+
+    def spy(positions, generator):
+        out = batch(positions, generator)
+        seen.append((trainer.sel_indices[positions.to(trainer.sel_indices.device)].cpu(), out[2].cpu(), out[3].cpu()))
+        return out
+
+    monkeypatch.setattr(trainer, "batch", spy)
+    summary = trainer.fit()
     assert summary["n_train"] == 100 and summary["samples_seen"] == 100
+    idx, e, w = (torch.cat(t) for t in zip(*seen))
+    pos = idx // 2  # pool index 2k is the selection's k-th sample
+    assert torch.equal(idx % 2, torch.zeros_like(idx)) and sorted(pos.tolist()) == list(range(100))
+    torch.testing.assert_close(e, eps[pos].to(e.dtype))
+    torch.testing.assert_close(w, weight[pos].to(w.dtype))
 
 
 @needs_fmnist
