@@ -38,3 +38,12 @@ def test_deepfool_counts_its_class_gradients():
     res = deepfool(model, x, norm="l2", steps=1, candidates=4)
     assert bool(res.converged.all())
     assert counter.grad_evals == 7 * 3 and counter.forward_evals == 7
+
+
+def test_counts_resumed_from_an_older_rule_keep_its_version():
+    from leanrobust.accounting import GRAD_EVALS_VERSION
+
+    c = PassCounter()
+    assert c.state_dict()["grad_evals_version"] == GRAD_EVALS_VERSION == 2
+    c.load_state_dict({"grad_evals": 10, "forward_evals": 2})  # a checkpoint from before the version
+    assert c.version == 1 and c.state_dict() == {"grad_evals": 10, "forward_evals": 2, "grad_evals_version": 1}

@@ -477,6 +477,21 @@ def test_autoattack_resume_with_another_batch_size_attacks_exactly_the_rest(aa_s
                         lambda self, xb, *a, **k: (seen.append(xb.shape[0]), perturb(self, xb, *a, **k))[1])
     autoattack(model, x, y, state_path=path, batch_size=6, **kw)
     assert sum(seen) == to_attack - 3 and max(seen) <= 6
+    # a file from the previous version: a batch counter ("next") and no fingerprint, same batch size
+    monkeypatch.setattr(apgd.APGDAttack, "perturb", second_batch_interrupts)
+    calls.clear()
+    path.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        autoattack(model, x, y, state_path=path, batch_size=3, **kw)
+    old = json.loads(path.read_text())
+    old.pop("model")
+    old["partial"]["next"] = old["partial"].pop("points") // 3
+    path.write_text(json.dumps(old))
+    seen.clear()
+    monkeypatch.setattr(apgd.APGDAttack, "perturb",
+                        lambda self, xb, *a, **k: (seen.append(xb.shape[0]), perturb(self, xb, *a, **k))[1])
+    autoattack(model, x, y, state_path=path, batch_size=3, **kw)
+    assert sum(seen) == to_attack - 3
 
 
 def test_autoattack_state_file_is_tied_to_the_weights(aa_setup, tmp_path):

@@ -93,3 +93,14 @@ def test_model_fields_the_model_does_not_use_are_rejected_and_dropout_reaches_th
     small = validate_config({"model": {"dropout": 0.1}})
     info.size, info.channels, info.mean, info.std = 28, 1, (0.5,), (0.5,)
     assert [m.p for m in build_from_spec(model_spec(small, info)).modules() if isinstance(m, torch.nn.Dropout)] == [0.1]
+
+
+def test_a_run_directory_config_written_before_the_usage_checks_still_loads(tmp_path):
+    """Re-reading an existing run's config.yaml (resume, eval, certify) only warns about settings the
+    run ignored, so runs from before those checks can be resumed and evaluated as they were trained."""
+    old = {"model": {"name": "preact_resnet18", "width": 0.5}, "objective": {"name": "mart", "label_smoothing": 0.1}}
+    with pytest.raises(ConfigError):
+        validate_config(old)
+    with pytest.warns(UserWarning, match="ignored"):
+        cfg = validate_config(old, lenient=True)
+    assert cfg.model.width == 0.5 and cfg.objective.label_smoothing == 0.1

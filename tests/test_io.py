@@ -75,3 +75,13 @@ def test_atomic_write_gives_normal_permissions(tmp_path):
     p = atomic_write(tmp_path / "f.txt", lambda t: t.write_text("x"))
     mode = stat.S_IMODE(p.stat().st_mode)
     assert mode & stat.S_IRGRP or os.umask(os.umask(0)) & stat.S_IRGRP
+
+
+def test_truncate_jsonl_drops_later_rows_and_a_torn_line(tmp_path):
+    from leanrobust.io import truncate_jsonl
+
+    p = tmp_path / "metrics.jsonl"
+    p.write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n{"epo')
+    truncate_jsonl(p, "epoch", 2)
+    assert p.read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+    truncate_jsonl(tmp_path / "missing.jsonl", "epoch", 2)  # nothing to do

@@ -226,6 +226,10 @@ def test_fista_step_bound_is_above_the_top_eigenvalue():
     g = a @ a.T
     top = np.linalg.eigvalsh(g)[-1]
     assert top <= _top_eig(g) <= 1.02 * top  # 1/L must not exceed 1/lambda_max (FISTA's step)
+    assert _top_eig(np.zeros((100, 100))) == 0.0  # all-zero gradients
+    u = np.zeros(100)
+    u[0], u[1] = 1.0, -1.0  # range orthogonal to the all-ones start vector
+    assert _top_eig(np.outer(u, u)) == pytest.approx(2.0 * 1.01)
 
 
 def test_gradmatch_gradients_and_selection():

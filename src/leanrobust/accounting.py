@@ -23,6 +23,7 @@ class PassCounter:
     grad_evals: int = 0
     forward_evals: int = 0
     active: bool = True
+    version: int = GRAD_EVALS_VERSION  # lowered on resuming counts made under an older rule
 
     def attach(self, model: nn.Module) -> torch.utils.hooks.RemovableHandle:
         def hook(_module, inputs, output):
@@ -61,8 +62,9 @@ class PassCounter:
             self.active = prev
 
     def state_dict(self) -> dict[str, int]:
-        return {"grad_evals": self.grad_evals, "forward_evals": self.forward_evals}
+        return {"grad_evals": self.grad_evals, "forward_evals": self.forward_evals, "grad_evals_version": self.version}
 
     def load_state_dict(self, d: dict) -> None:
         self.grad_evals = int(d.get("grad_evals", 0))
         self.forward_evals = int(d.get("forward_evals", 0))
+        self.version = min(int(d.get("grad_evals_version", 1)), GRAD_EVALS_VERSION)  # checkpoints before it: rule 1

@@ -104,7 +104,7 @@ def certify_run(run_dir: str | Path, *, sigma: float, n0: int = 100, n: int = 10
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).exists():
         raise FileNotFoundError(f"{run_dir}: no {CONFIG}; is this a leanrobust run directory?")
-    cfg = load_config(run_dir / CONFIG)
+    cfg = load_config(run_dir / CONFIG, lenient=True)
     dev = resolve_device(device)
     model = load(run_dir, device=str(dev))
     images, labels = load_test_set(cfg.data)
@@ -122,6 +122,9 @@ def certify_run(run_dir: str | Path, *, sigma: float, n0: int = 100, n: int = 10
     write_json(run_dir / f"certify_{sigma:g}.json", report)
     if (run_dir / SUMMARY).exists():
         summary = json.loads((run_dir / SUMMARY).read_text())
+        if "certify" in summary and "certified" not in summary:  # a summary from before "certified"
+            old = summary["certify"]
+            summary["certified"] = {f"{old['sigma']:g}": {**old, "certified_acc": summary.get("certified_acc")}}
         summary["certified_acc"] = acc  # the latest call's; every sigma's stays under "certified"
         summary["certify"] = {k: report[k] for k in ("sigma", "n0", "n", "alpha", "num", "abstain_rate")}
         summary.setdefault("certified", {})[f"{sigma:g}"] = {**summary["certify"], "certified_acc": acc,

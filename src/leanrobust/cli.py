@@ -81,7 +81,7 @@ def eval_(run_dir: Path = typer.Argument(..., help="run directory or model.safet
         cfg_path = config or (run_dir / CONFIG if run_dir.is_dir() else None)
         if cfg_path is None or not Path(cfg_path).exists():
             raise ValueError("cannot find the run's config.yaml: pass --config for the data")
-        cfg = load_config(cfg_path)
+        cfg = load_config(cfg_path, lenient=config is None)  # a run's own config.yaml: as it trained
         dev = resolve_device(device)
         model = load(run_dir, device=str(dev))
         images, labels = load_test_set(cfg.data)

@@ -2,11 +2,12 @@
 Unknown keys and wrong types are rejected naming the key (pydantic, extra='forbid')."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,16 @@ class DataConfig(_Strict):
     flip: Optional[bool] = Field(None, description="default from the dataset (off for digits/clothes)")
 
 
+def _unused(info: ValidationInfo, message: str) -> None:
+    """A setting that would be ignored: an error for a new config; a warning when re-reading a run
+    directory's config.yaml (validate_config(..., lenient=True)), so that runs written before the check
+    can still be resumed and evaluated, as they were trained."""
+    if info.context and info.context.get("lenient"):
+        warnings.warn(f"{message} (ignored, as when this run was trained)", stacklevel=2)
+        return
+    raise ValueError(message)
+
+
 class ModelConfig(_Strict):
     name: Literal["smallcnn", "preact_resnet18", "resnet18", "wideresnet"] = "smallcnn"
     width: float = Field(1.0, gt=0, description="SmallCNN width multiplier")
@@ -50,7 +61,7 @@ class ModelConfig(_Strict):
                                      "(default: the paper's, 0.5 in SmallCNN's classifier, 0 in WideResNet)")
 
     @model_validator(mode="after")
-    def _fields_of_this_model(self) -> "ModelConfig":
+    def _fields_of_this_model(self, info: ValidationInfo) -> "ModelConfig":
         """A field changed from its default for a model that does not have it (width on a ResNet) would be
         ignored: reject it. (Defaults pass, so a resolved config.yaml, which lists every field, reloads.)"""
         uses = {"smallcnn": {"width", "dropout"}, "wideresnet": {"depth", "widen_factor", "activation", "dropout"},
@@ -58,8 +69,8 @@ class ModelConfig(_Strict):
         unused = sorted(k for k, f in type(self).model_fields.items()
                         if k != "name" and k not in uses and getattr(self, k) != f.default)
         if unused:
-            raise ValueError(f"model.{', model.'.join(unused)} not used by model {self.name!r} "
-                             f"(it takes: {', '.join(sorted(uses)) or 'no options'})")
+            _unused(info, f"model.{', model.'.join(unused)} not used by model {self.name!r} "
+                          f"(it takes: {', '.join(sorted(uses)) or 'no options'})")
         return self
 
 
@@ -167,7 +178,7 @@ class RunConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _objective_fields_are_used(self) -> "RunConfig":
+    def _objective_fields_are_used(self, info: ValidationInfo) -> "RunConfig":
         """A non-zero objective.label_smoothing, or a beta set away from its default, with an objective
         that has no such argument (label smoothing: MART, GAIR-AT, MAIL-AT; beta: PGD-AT, ...) would be
         dropped silently: reject it, naming the objectives that take it."""
@@ -184,17 +195,17 @@ class RunConfig(_Strict):
         for key in (k for k, on in used.items() if on):
             if key not in inspect.signature(fn).parameters:
                 takers = sorted(n for n, f in OBJECTIVES.items() if key in inspect.signature(f).parameters)
-                raise ValueError(f"objective.{key}={getattr(self.objective, key)} is not used by objective "
-                                 f"{self.objective.name!r}; objectives with {key}: {', '.join(takers)}")
+                _unused(info, f"objective.{key}={getattr(self.objective, key)} is not used by objective "
+                              f"{self.objective.name!r}; objectives with {key}: {', '.join(takers)}")
         return self
 
     @model_validator(mode="after")
-    def _one_source_of_selection(self) -> "RunConfig":
+    def _one_source_of_selection(self, info: ValidationInfo) -> "RunConfig":
         """A fixed data.selection file and a selection.method that re-selects from the whole pool
         cannot both apply (the method would silently discard the file)."""
         if self.data.selection and self.selection.method != "none":
-            raise ValueError(f"data.selection ({self.data.selection}) and selection.method="
-                             f"{self.selection.method!r} both choose the training set; keep one")
+            _unused(info, f"data.selection ({self.data.selection}) and selection.method="
+                          f"{self.selection.method!r} both choose the training set; keep one")
         return self
 
     @model_validator(mode="after")
@@ -240,15 +251,17 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def validate_config(raw: dict, source: str = "<dict>") -> RunConfig:
+def validate_config(raw: dict, source: str = "<dict>", *, lenient: bool = False) -> RunConfig:
+    """lenient: settings the run would ignore only warn (re-reading an existing run's config)."""
     try:
-        return RunConfig.model_validate(raw)
+        return RunConfig.model_validate(raw, context={"lenient": lenient})
     except ValidationError as e:
         raise ConfigError(_format_errors(e, source)) from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (or the defaults when path is None), apply overrides, validate."""
+def load_config(path: str | Path | None, overrides: list[str] | None = None, *, lenient: bool = False) -> RunConfig:
+    """Read a YAML config (or the defaults when path is None), apply overrides, validate (lenient: see
+    validate_config; for a run directory's own config.yaml)."""
     raw: dict = {}
     source = "<defaults>"
     if path is not None:
@@ -263,7 +276,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     raw = apply_overrides(raw, overrides or [])
-    return validate_config(raw, source)
+    return validate_config(raw, source, lenient=lenient)
 
 
 def dump_config(cfg: RunConfig) -> str:

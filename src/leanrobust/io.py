@@ -62,8 +62,15 @@ def truncate_jsonl(path: str | Path, key: str, last: int) -> None:
     path = Path(path)
     if not path.exists():
         return
-    lines = path.read_text().splitlines()
-    keep = [ln for ln in lines if ln.strip() and json.loads(ln).get(key, 0) <= last]
+    lines = path.read_text(errors="replace").splitlines()
+
+    def kept(line: str) -> bool:
+        try:
+            return json.loads(line).get(key, 0) <= last
+        except (ValueError, AttributeError):  # a torn line from the write a crash interrupted
+            return False
+
+    keep = [ln for ln in lines if ln.strip() and kept(ln)]
     if len(keep) != len(lines):
         write_text(path, "".join(ln + "\n" for ln in keep))
 

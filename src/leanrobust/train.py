@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .accounting import GRAD_EVALS_VERSION, PassCounter
+from .accounting import PassCounter
 from .attacks import pgd
 from .attacks.common import eval_mode
 from .config import RunConfig, dump_config, load_config
@@ -336,7 +336,7 @@ class Trainer:
                    "eval": {k: v for k, v in ev.items() if k not in ("clean_acc", "robust_acc")},
                    "train_seconds": self.train_seconds, "samples_seen": self.samples_seen,
                    "grad_evals": self.counter.grad_evals, "forward_evals": self.counter.forward_evals,
-                   "grad_evals_version": GRAD_EVALS_VERSION,
+                   "grad_evals_version": self.counter.version,  # 1 if part of the run counted the old way
                    "n_train": len(self.selection), "n_pool": len(self.pool), "n_real": self.data.n_real,
                    "best_epoch": self.best_epoch, "epochs": self.epoch, "device": str(self.device),
                    "torch": torch.__version__, "leanrobust": __version__, "config": cfg.model_dump(mode="json")}
@@ -356,4 +356,4 @@ def resume(run_dir: str | Path) -> Optional[dict]:
     if (run_dir / SUMMARY).exists():  # resuming would redo the test evaluation and overwrite the summary
         raise ValueError(f"{run_dir} is a finished run (it has {SUMMARY}); evaluate it further with "
                          f"`leanrobust eval {run_dir}`")
-    return Trainer(load_config(run_dir / CONFIG), run_dir).fit()
+    return Trainer(load_config(run_dir / CONFIG, lenient=True), run_dir).fit()

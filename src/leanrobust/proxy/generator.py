@@ -285,6 +285,7 @@ class GeneratorTrainer:
         if self.restore():
             truncate_jsonl(self.dir / METRICS, "step", self.step)
         else:
+            truncate_jsonl(self.dir / METRICS, "step", 0)  # rows of a start killed before its first checkpoint
             write_text(self.dir / CONFIG, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="synth train", disable=not cfg.progress,

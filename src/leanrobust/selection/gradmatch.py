@@ -87,11 +87,16 @@ def _nnls_pg(G: np.ndarray, c: np.ndarray, w0: np.ndarray, *, iters: int, tol: f
 def _top_eig(G: np.ndarray) -> float:
     """Largest eigenvalue of the symmetric PSD G by Lanczos (ARPACK, relative tol 1e-8), with a 1%
     margin so that 1/L stays a safe FISTA step (a power iteration approaches it from below)."""
-    from scipy.sparse.linalg import eigsh
+    from scipy.sparse.linalg import ArpackError, eigsh
 
+    G64 = G.astype(np.float64, copy=False)
+    if not G64.any():
+        return 0.0
     v0 = np.ones(G.shape[0]) / math.sqrt(G.shape[0])  # fixed start: deterministic
-    lam = float(eigsh(G.astype(np.float64, copy=False), k=1, which="LA", tol=1e-8, v0=v0,
-                      return_eigenvectors=False)[0])
+    try:
+        lam = float(eigsh(G64, k=1, which="LA", tol=1e-8, v0=v0, return_eigenvectors=False)[0])
+    except ArpackError:  # e.g. G @ v0 == 0 (a start orthogonal to G's range): the dense solver
+        lam = float(np.linalg.eigvalsh(G64)[-1])
     return max(lam, 0.0) * 1.01
 
 
