@@ -34,7 +34,9 @@ def mail_at(model, x, y, eps, weight, *, norm: str = "linf", steps: int = 10,
     normalize=True (default) normalises w within the batch like GAIR-AT and multiplies by the sample
     weight (base.normalise_instance_weights), so the factor 3 cancels; normalize=False uses
     weight * w as the public code does. Plain PGD-AT before begin_epoch (default
-    round(0.625 * num_epochs), epoch 75 of 120); without an epoch, reweighting applies throughout."""
+    round(0.625 * num_epochs), epoch 75 of 120); begin_epoch is 0-based here, as in the MAIL code
+    (`for epoch in range(75, 120)`), while GAIRAT's code counts it from 1. Without an epoch,
+    reweighting applies throughout."""
     x_adv = pgd(model, x, y, eps, steps=steps, step_size=step_size, norm=norm)
     logits = model(x_adv)
     per = F.cross_entropy(logits, y, reduction="none")
