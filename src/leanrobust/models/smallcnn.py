@@ -12,7 +12,7 @@ class SmallCNN(nn.Module):
     """conv(c1)-conv(c1)-pool-conv(c2)-conv(c2)-pool-fc200-fc200-fc(num_classes), c1 = 32*width,
     c2 = 64*width. Initialisation as TRADES: Kaiming-normal convolutions with zero bias and a
     zero last layer (so an untrained net outputs all-zero logits). `input_size` (28 or 32, any
-    size >= 20 works) fixes the flattened feature size: 4x4 for 28, 5x5 for 32."""
+    size >= 16 works) fixes the flattened feature size: 4x4 for 28, 5x5 for 32."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, *, width: float = 1.0,
                  input_size: int = 28, dropout: float = 0.5):
