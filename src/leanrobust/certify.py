@@ -91,7 +91,8 @@ def certify_run(run_dir: str | Path, *, sigma: float, n0: int = 100, n: int = 10
                 num: int = 500, radii: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), batch_size: int = 1000,
                 seed: int = 0, device: str = "auto", progress: bool = True) -> dict:
     """Certify the first `num` points of a run's test set (its fixed shuffled order), write
-    RUN/certify_<sigma>.json and, if RUN/summary.json exists, add this sigma under its "certified" map (certified_acc {radius: acc} and "certify" hold the latest call).
+    RUN/certify_<sigma>.json and, if RUN/summary.json exists, add this sigma under its "certified"
+    map (its top-level certified_acc {radius: acc} and "certify" hold the latest call).
     acr: average certified radius (0 for wrong or abstained points, Zhai et al. 2020)."""
     import json
 
