@@ -420,15 +420,11 @@ def test_autoattack_state_file_resumes(aa_setup, tmp_path, monkeypatch):
         autoattack(model, x, y, state_path=path, **{**kw, "eps": 0.1})
 
 
-def test_autoattack_resumes_inside_an_attack_from_the_last_finished_batch(aa_setup, tmp_path, monkeypatch):
+def _interrupt_apgd_at_batch_2(monkeypatch):
+    """Make APGD-CE raise KeyboardInterrupt on its second batch (the first finishes); returns the real perturb."""
     import pyautoattack.autopgd_base as apgd
 
-    model, x, y = aa_setup
-    kw = dict(eps=0.05, version="custom", attacks=["apgd-ce"], batch_size=3)
-    whole = autoattack(model, x, y, **kw)  # uninterrupted
-    path = tmp_path / "aa_state.json"
-    calls = []
-    perturb = apgd.APGDAttack.perturb
+    perturb, calls = apgd.APGDAttack.perturb, []
 
     def second_batch_interrupts(self, *a, **k):
         calls.append(1)
@@ -437,6 +433,17 @@ def test_autoattack_resumes_inside_an_attack_from_the_last_finished_batch(aa_set
         return perturb(self, *a, **k)
 
     monkeypatch.setattr(apgd.APGDAttack, "perturb", second_batch_interrupts)
+    return perturb
+
+
+def test_autoattack_resumes_inside_an_attack_from_the_last_finished_batch(aa_setup, tmp_path, monkeypatch):
+    import pyautoattack.autopgd_base as apgd
+
+    model, x, y = aa_setup
+    kw = dict(eps=0.05, version="custom", attacks=["apgd-ce"], batch_size=3)
+    whole = autoattack(model, x, y, **kw)  # uninterrupted
+    path = tmp_path / "aa_state.json"
+    perturb = _interrupt_apgd_at_batch_2(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         autoattack(model, x, y, state_path=path, **kw)
     state = json.loads(path.read_text())
@@ -458,16 +465,7 @@ def test_autoattack_resume_with_another_batch_size_attacks_exactly_the_rest(aa_s
     model, x, y = aa_setup
     kw = dict(eps=0.05, version="custom", attacks=["apgd-ce"])
     path = tmp_path / "aa_state.json"
-    perturb = apgd.APGDAttack.perturb
-    calls = []
-
-    def second_batch_interrupts(self, *a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return perturb(self, *a, **k)
-
-    monkeypatch.setattr(apgd.APGDAttack, "perturb", second_batch_interrupts)
+    perturb = _interrupt_apgd_at_batch_2(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         autoattack(model, x, y, state_path=path, batch_size=3, **kw)
     to_attack = len(json.loads(path.read_text())["partial"]["idx"])
@@ -478,8 +476,7 @@ def test_autoattack_resume_with_another_batch_size_attacks_exactly_the_rest(aa_s
     autoattack(model, x, y, state_path=path, batch_size=6, **kw)
     assert sum(seen) == to_attack - 3 and max(seen) <= 6
     # a file from the previous version: a batch counter ("next") and no fingerprint, same batch size
-    monkeypatch.setattr(apgd.APGDAttack, "perturb", second_batch_interrupts)
-    calls.clear()
+    _interrupt_apgd_at_batch_2(monkeypatch)
     path.unlink()
     with pytest.raises(KeyboardInterrupt):
         autoattack(model, x, y, state_path=path, batch_size=3, **kw)
