@@ -190,7 +190,7 @@ class RunConfig(_Strict):
         if fn is None:
             return self
         default_beta = ObjectiveConfig.model_fields["beta"].default
-        used = {"label_smoothing": bool(self.objective.label_smoothing),  # TRADES' beta set for PGD-AT, too
+        used = {"label_smoothing": bool(self.objective.label_smoothing),
                 "beta": "beta" in self.objective.model_fields_set and self.objective.beta != default_beta}
         for key in (k for k, on in used.items() if on):
             if key not in inspect.signature(fn).parameters:

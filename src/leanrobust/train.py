@@ -251,15 +251,14 @@ class Trainer:
     def _settle_best(self) -> None:
         """Promote the staged best weights if the checkpoint on disk chose their epoch, else drop them
         (a run killed between the two writes): best.safetensors always matches best_epoch."""
-        from safetensors import safe_open
+        from .io import WeightsError, read_metadata
 
         staged = self.dir / BEST_NEXT
         if not staged.exists():
             return
         try:
-            with safe_open(str(staged), "pt") as f:
-                epoch = int((f.metadata() or {}).get("epoch", -1))
-        except Exception:  # a torn staged file: never promoted
+            epoch = int(read_metadata(staged).get("epoch", -1))
+        except (WeightsError, ValueError):  # a torn staged file: never promoted
             epoch = -1
         if epoch == self.best_epoch:
             os.replace(staged, self.dir / BEST)
