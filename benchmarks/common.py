@@ -97,14 +97,34 @@ def run_row(table: str, name: str, config: str | Path, overrides: list[str], *, 
             "info": info, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def set_aside_finished_run(row_dir: Path) -> Optional[Path]:
+    """Move a finished run (summary.json present) out of the way so that the row trains afresh; an
+    unfinished run stays and resumes. Returns where it went (row_dir/run.superseded-N), None if nothing moved."""
+    run = row_dir / "run"
+    if not (run / "summary.json").exists():
+        return None
+    n = 1
+    while (row_dir / f"run.superseded-{n}").exists():
+        n += 1
+    dest = row_dir / f"run.superseded-{n}"
+    run.rename(dest)
+    return dest
+
+
 def run_table(table: str, rows: list[dict], *, runs_dir: Path = Path("runs/bench"),
-              only: Optional[list[str]] = None) -> list[dict]:
-    """rows: dicts with name, config, overrides (list of key=value) and optional prepare."""
+              only: Optional[list[str]] = None, rerun: Optional[set[str]] = None) -> list[dict]:
+    """rows: dicts with name, config, overrides (list of key=value) and optional prepare. Rows named in
+    `rerun` train again although finished (their old run directory set aside); the new line is appended
+    after the old one, and done_rows keeps the last line per name, so the table shows the rerun while the
+    file keeps the history. A caller passes only the rows still stale, so a restart resumes the rerun."""
     path = RESULTS / f"{table}.jsonl"
     finished = done_rows(path)
+    rerun = rerun or set()
     for r in rows:
-        if r["name"] in finished or (only and r["name"] not in only):
+        if (r["name"] in finished and r["name"] not in rerun) or (only and r["name"] not in only):
             continue
+        if r["name"] in rerun:
+            set_aside_finished_run(runs_dir / table / r["name"])
         print(f"[{table}] running {r['name']}", flush=True)
         row = run_row(table, r["name"], r["config"], list(r.get("overrides", [])), runs_dir=runs_dir,
                       prepare=r.get("prepare"))

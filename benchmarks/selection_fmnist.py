@@ -7,6 +7,7 @@ test points, AutoAttack (standard) on the first 200 (the same points for every r
 one JSON line per finished row in benchmarks/results/selection_fmnist.jsonl.
 
     python benchmarks/selection_fmnist.py [--fractions 0.5 0.3 0.7] [--only NAME ...] [--report-only]
+                                          [--rerun-stale]
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def grad_evals(r: dict) -> int:
 # the (shrunken) selected epoch, so a row that trained a full warm-up epoch first reached the cosine's
 # floor early. Rows without a `git` field finished before it were trained that way.
 LR_FIX = ("8269fd9", "2026-12-02 09:43:18")
-WARMUP_MARK, LR_MARK = "†", "‡"
+WARMUP_MARK, LR_MARK, GAIR_MARK = "†", "‡", "§"
 
 
 def start_epoch(r: dict) -> int:
@@ -79,13 +80,30 @@ def warmup_checkpoint(r: dict) -> bool:
     return start_epoch(r) >= 1 and r.get("best_epoch") is not None and r["best_epoch"] <= start_epoch(r)
 
 
+def before_review_fixes(r: dict) -> bool:
+    """Trained before LR_FIX, the commit of the review fixes (rows since then record their commit)."""
+    return "git" not in r and r.get("finished", "") < LR_FIX[1]
+
+
 def old_lr_schedule(r: dict) -> bool:
-    """A warm-up row trained before LR_FIX (rows since then record their commit in `git`)."""
-    return start_epoch(r) >= 1 and "git" not in r and r.get("finished", "") < LR_FIX[1]
+    """A warm-up row trained before LR_FIX."""
+    return start_epoch(r) >= 1 and before_review_fixes(r)
+
+
+def old_gair_burn_in(r: dict) -> bool:
+    """A GAIR-AT row trained before LR_FIX, when begin_epoch counted from 0: reweighting began one epoch
+    later than in the reference code."""
+    return "objective.name=gair_at" in r["overrides"] and before_review_fixes(r)
+
+
+def stale(r: dict) -> bool:
+    """Rows whose method ran differently from the current code (not only counted differently)."""
+    return old_lr_schedule(r) or old_gair_burn_in(r)
 
 
 def flags(r: dict) -> str:
-    marks = [m for m, on in ((WARMUP_MARK, warmup_checkpoint(r)), (LR_MARK, old_lr_schedule(r))) if on]
+    marks = [m for m, on in ((WARMUP_MARK, warmup_checkpoint(r)), (LR_MARK, old_lr_schedule(r)),
+                             (GAIR_MARK, old_gair_burn_in(r))) if on]
     return " ".join(marks) or "-"
 
 
@@ -123,12 +141,22 @@ def report(done: list[dict]) -> None:
              "(standard) on the first 200; wall time includes warm-up, scoring and selection. The rows ran over "
              "several sessions with 2 to 5 benchmark processes sharing the 2 cores, so wall-time speed-ups mix "
              "contention levels; the pass ratio (full-data grad evals / the row's: forward+backward passes, "
-             "attack, scoring and selection included) is the load-independent cost ratio. The margin and PUMA "
-             "rows ran before DeepFool's extra backward passes were counted; their grad evals here add them "
-             "from the rows' own counts (`grad_evals` in this script; +62,031 each, which lowers "
-             "their pass ratios by 0.15-0.35x).", ""]
+             "attack, scoring and selection included) is the load-independent cost ratio."]
+    v1 = [r["name"] for r in done if grad_evals(r) != int(r["grad_evals"])]
+    if v1:
+        lines[-1] += (f" Rows {', '.join(v1)} ran before DeepFool's extra backward passes were counted; their "
+                      "grad evals here add them from the rows' own counts (`grad_evals` in this script).")
+    old_count = [r["name"] for r in done if before_review_fixes(r)]
+    if old_count:
+        lines[-1] += (f" Rows trained before commit {LR_FIX[0]} ({len(old_count)} of {len(done)}"
+                      + (f": {', '.join(old_count)}" if len(old_count) < len(done) else "")
+                      + ") counted a PGD-20/CW-20 point robust when the attack's end point was classified "
+                      "correctly, even if the clean point was not; since then a robust point must also be clean-"
+                      "correct, as AutoAttack's column always required, so their PGD-20/CW-20 may be slightly higher.")
+    lines.append("")
     warm = [r for r in done if warmup_checkpoint(r)]
     old_lr = [r for r in done if old_lr_schedule(r)]
+    old_gair = [r for r in done if old_gair_burn_in(r)]
     if warm:
         lines += [f"**{WARMUP_MARK} Warm-up checkpoint ({len(warm)} rows: {', '.join(r['name'] for r in warm)}):** "
                   "model selection kept the warm-up checkpoint trained on all data before any selection (best "
@@ -140,7 +168,12 @@ def report(done: list[dict]) -> None:
                   + (": every row with selection.start_epoch >= 1" if every else ", with selection.start_epoch >= 1")
                   + f"):** trained before commit {LR_FIX[0]}, when the schedule's horizon was recomputed from the "
                   "shrunken selected epoch, so the cosine reached its floor early" + lr_example(done) + ". "
-                  "Their accuracies and best epochs are not those of the intended schedule; they need a rerun.", ""]
+                  "Their accuracies and best epochs are not those of the intended schedule; they need a rerun "
+                  "(`--rerun-stale`).", ""]
+    if old_gair:
+        lines += [f"**{GAIR_MARK} Old GAIR-AT burn-in ({', '.join(r['name'] for r in old_gair)}):** trained before "
+                  f"commit {LR_FIX[0]}, when begin_epoch counted from 0, so reweighting began one epoch later than "
+                  "in the reference code; it needs a rerun (`--rerun-stale`).", ""]
     lines += ["| row | kept | clean | PGD-20 | CW-20 | AutoAttack | wall s | speed-up | grad evals | pass ratio | "
               "best epoch | flags | device |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -185,9 +218,13 @@ def main() -> None:
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.3, 0.7])
     ap.add_argument("--only", nargs="*")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--rerun-stale", action="store_true",
+                    help="train again the rows whose method ran differently from the current code (flags ‡ §)")
     args = ap.parse_args()
     if not args.report_only:
-        run_table("selection_fmnist", rows(args.fractions), only=args.only)
+        path = RESULTS / "selection_fmnist.jsonl"
+        again = {n for n, r in done_rows(path).items() if stale(r)} if args.rerun_stale else set()
+        run_table("selection_fmnist", rows(args.fractions), only=args.only, rerun=again)
     report(list(done_rows(RESULTS / "selection_fmnist.jsonl").values()))
 
 
