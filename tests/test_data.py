@@ -83,8 +83,9 @@ def test_idx_truncated_and_bad(tmp_path):
 def test_label_out_of_range_idx(tmp_path):
     write_idx_split(tmp_path, "train")
     (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(np.full(6, 10, np.uint8))))
-    with pytest.raises(DataError, match="label 10 out of range"):
+    with pytest.raises(DataError, match="label 10 out of range") as e:
         load_dataset("mnist", "train", root=tmp_path, download=False)
+    assert str(e.value).startswith(str(tmp_path / "train-labels-idx1-ubyte.gz"))  # names the file at fault
 
 
 def test_search_order_and_not_found(tmp_path, monkeypatch):
@@ -178,6 +179,40 @@ def test_cifar(tmp_path, name, packed):
     xt, yt = load_dataset(name, "test", root=tmp_path, download=False)
     _, test_data, test_labels = batches["test_batch" if name == "cifar10" else "test"]
     assert np.array_equal(xt.numpy(), test_data.reshape(-1, 3, 32, 32)) and yt.tolist() == test_labels
+
+
+def test_cifar_batches_pair_images_and_labels_per_file(tmp_path):
+    """Counts that balance only over the whole set (2+1 images, 1+2 labels) would shift labels silently."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (n_img, labels) in enumerate([(3, [1, 2, 3])] * 5 + [(3, [4, 5, 6])]):
+        name = f"data_batch_{i + 1}" if i < 5 else "test_batch"
+        (folder / name).write_bytes(pickle.dumps({b"data": rng.integers(0, 256, (n_img, 3072), dtype=np.uint8),
+                                                  b"labels": labels}, protocol=4))
+    assert load_dataset("cifar10", "train", root=tmp_path, download=False)[1].tolist() == [1, 2, 3] * 5
+    bad = {b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), b"labels": [1]}
+    (folder / "data_batch_1").write_bytes(pickle.dumps(bad, protocol=4))
+    (folder / "data_batch_2").write_bytes(pickle.dumps({**bad, b"data": bad[b"data"][:1], b"labels": [1, 2]}, protocol=4))
+    with pytest.raises(DataError, match=r"data_batch_1: 2 images but 1 labels"):
+        load_dataset("cifar10", "train", root=tmp_path, download=False)
+    (folder / "data_batch_1").write_bytes(pickle.dumps({**bad, b"labels": [1, 10]}, protocol=4))
+    with pytest.raises(DataError, match=r"data_batch_1: label 10 out of range"):
+        load_dataset("cifar10", "train", root=tmp_path, download=False)
+    (folder / "data_batch_1").write_bytes(pickle.dumps({**bad, b"data": bad[b"data"][:0], b"labels": []}, protocol=4))
+    with pytest.raises(DataError, match=r"data_batch_2: 1 images but 2 labels"):  # an empty batch is fine
+        load_dataset("cifar10", "train", root=tmp_path, download=False)
+
+
+def test_cifar_tarball_missing_a_member(tmp_path):
+    blob = pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0]}, protocol=4)
+    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/test_batch")
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+    with pytest.raises(DataError) as e:
+        load_dataset("cifar10", "train", root=tmp_path, download=False)
+    assert str(e.value) == f"{tmp_path / 'cifar-10-python.tar.gz'}: tarball has no member cifar-10-batches-py/data_batch_1"
 
 
 def py2_cifar_pickle(data: np.ndarray, labels) -> bytes:
@@ -386,6 +421,11 @@ def test_sampler_mixing():
             MixingSampler(gen, **{"batch_size": 10, **bad})
     with pytest.raises(ValueError, match="no generated"):
         MixingSampler(torch.zeros(10, dtype=torch.bool), 4, gen_fraction=0.5)
+    assert MixingSampler(gen, 10, gen_fraction=0.25).gen_per_batch == 3  # halves round up, not to even
+    assert MixingSampler(gen, 10, gen_fraction=0.45).gen_per_batch == 5
+    for f, b in ((0.04, 10), (0.96, 10)):  # 0 generated or 0 real per batch: a mixed run would not mix
+        with pytest.raises(ValueError, match=f"gen_fraction={f} of a batch of {b} gives"):
+            MixingSampler(gen, b, gen_fraction=f)
 
 
 @pytest.mark.parametrize("gen_fraction", [None, 0.25])
@@ -422,3 +462,37 @@ def test_sampler_draws_in_proportion_to_weights():
             MixingSampler(torch.zeros(6, dtype=torch.bool), 4, weights=bad)
     with pytest.raises(ValueError, match="cannot be combined"):
         MixingSampler(torch.arange(6) > 2, 4, gen_fraction=0.5, weights=w)
+
+
+# ----------------------------------------------------------------------------- build (config -> tensors)
+def _npz(path, n, shape=(8, 8), classes=4, sort=True):
+    labels = np.sort(np.arange(n) % classes) if sort else np.arange(n) % classes  # class-sorted by default
+    images = np.random.default_rng(0).integers(0, 256, (n, *shape), dtype=np.uint8)
+    np.savez(path, image=images, label=labels)
+    return path
+
+
+def test_validation_order_is_random_on_a_class_sorted_dataset(tmp_path):
+    """Per-epoch validation uses the first validation.n points of the split: they must span the classes."""
+    from leanrobust.config import validate_config
+    from leanrobust.data.build import build_training_data
+
+    cfg = validate_config({"data": {"dataset": "npz", "path": str(_npz(tmp_path / "d.npz", 80)), "num_classes": 4,
+                                    "val_size": 40}})
+    data = build_training_data(cfg.data, seed=0)
+    assert torch.bincount(data.val.labels, minlength=4).tolist() == [10] * 4
+    assert len(set(data.val.labels[:8].tolist())) >= 3  # sorted order would give one class only
+    again = build_training_data(cfg.data, seed=0)
+    assert torch.equal(data.val.images, again.val.images) and torch.equal(data.pool.images, again.pool.images)
+
+
+@pytest.mark.parametrize("key", ["pool", "generated"])
+def test_extra_npz_of_another_image_shape_is_refused_naming_the_file(tmp_path, key):
+    from leanrobust.config import validate_config
+    from leanrobust.data.build import build_training_data
+
+    extra = _npz(tmp_path / "extra.npz", 12, shape=(8, 8, 3))
+    cfg = validate_config({"data": {"dataset": "npz", "path": str(_npz(tmp_path / "d.npz", 40)), "num_classes": 4,
+                                    "val_size": 4, key: str(extra)}})
+    with pytest.raises(DataError, match=r"extra.npz: images are \(3, 8, 8\).*\(1, 8, 8\)"):
+        build_training_data(cfg.data, seed=0)

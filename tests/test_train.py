@@ -294,3 +294,25 @@ def test_every_shipped_method_config_trains(tmp_path, path):
     assert summary["grad_evals"] > 0 and 0.0 <= summary["robust_acc"]["pgd5"] <= summary["clean_acc"]
     if cfg.selection.method != "none":  # selected at epoch 1 of 2: the second epoch trains on half the pool
         assert summary["samples_seen"] < 2 * 192
+
+
+def test_npz_run_without_a_test_file_fails_before_training(tmp_path):
+    rng = np.random.default_rng(0)
+    _write_npz(tmp_path / "d.npz", rng.integers(0, 256, (40, 28, 28, 1)).astype(np.uint8), np.arange(40) % 3)
+    cfg = tiny_config(**{"data.dataset": "npz", "data.path": str(tmp_path / "d.npz"), "data.num_classes": 3,
+                         "data.train_subset": None, "data.val_size": 4, "optim.epochs": 1})
+    with pytest.raises(ValueError, match="data.test_path is needed"):
+        Trainer(cfg, tmp_path / "run").fit()
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # nothing trained
+
+
+def test_npz_test_file_of_another_shape_is_named(tmp_path):
+    rng = np.random.default_rng(0)
+    _write_npz(tmp_path / "d.npz", rng.integers(0, 256, (40, 28, 28, 1)).astype(np.uint8), np.arange(40) % 3)
+    _write_npz(tmp_path / "t.npz", rng.integers(0, 256, (8, 32, 32, 3)).astype(np.uint8), np.arange(8) % 3)
+    cfg = tiny_config(**{"data.dataset": "npz", "data.path": str(tmp_path / "d.npz"), "data.num_classes": 3,
+                         "data.test_path": str(tmp_path / "t.npz"), "data.train_subset": None,
+                         "data.val_size": 4, "optim.epochs": 1, "eval.attacks": []})
+    with pytest.raises(ValueError, match=r"t.npz: images are \(3, 32, 32\)"):
+        Trainer(cfg, tmp_path / "run").fit()
+    assert not (tmp_path / "run" / "summary.json").exists()

@@ -273,6 +273,9 @@ class Trainer:
         """Train to cfg.optim.epochs (or stop after `stop_after_epoch` completed epochs, for
         tests and budgeted runs), then evaluate. Returns the summary, or None if stopped early."""
         cfg = self.cfg
+        if stop_after_epoch is None and cfg.data.dataset == "npz" and not cfg.data.test_path:
+            raise ValueError("data.test_path is needed: a finished run is evaluated on the test set, so an npz "
+                             "dataset needs its npz test file (found out before training, not after)")
         self.dir.mkdir(parents=True, exist_ok=True)
         ckpt = self.dir / CHECKPOINT
         if ckpt.exists():
@@ -326,7 +329,7 @@ class Trainer:
         model.load_state_dict(load_weights(self.dir / BEST))
         model.eval()
         save_weights(self.dir / WEIGHTS, model, self._metadata())
-        images, labels = load_test_set(cfg.data)
+        images, labels = load_test_set(cfg.data, self.data.info)
         ev = evaluate_model(model, images, labels, eps=cfg.objective.eps, norm=cfg.objective.norm,
                             attacks=cfg.eval.attacks, n=cfg.eval.n, autoattack_n=cfg.eval.autoattack_n,
                             autoattack_version=cfg.eval.autoattack_version, batch_size=cfg.eval.batch_size,

@@ -9,7 +9,7 @@ import torch
 
 from ..config import DataConfig
 from .pool import Pool, split_validation
-from .sources import DatasetInfo, dataset_info, load_dataset, load_npz
+from .sources import DataError, DatasetInfo, dataset_info, load_dataset, load_npz
 
 
 @dataclass
@@ -47,6 +47,13 @@ def data_info(cfg: DataConfig, train_images: torch.Tensor | None = None) -> Data
     return dataset_info(cfg.dataset)
 
 
+def _check_shape(images: torch.Tensor, info: DatasetInfo, path) -> None:
+    """An extra npz (pool, generated, npz test set) must hold images of the dataset's shape."""
+    want = (info.channels, info.size, info.size)
+    if tuple(images.shape[1:]) != want:
+        raise DataError(f"{path}: images are {tuple(images.shape[1:])} (C, H, W) but {info.name} images are {want}")
+
+
 def build_training_data(cfg: DataConfig, seed: int) -> TrainingData:
     images, labels = _load_split(cfg, "train")
     info = data_info(cfg, images)
@@ -54,20 +61,27 @@ def build_training_data(cfg: DataConfig, seed: int) -> TrainingData:
     if cfg.train_subset is not None and cfg.train_subset + cfg.val_size < len(real):
         real = split_validation(real, cfg.train_subset + cfg.val_size, seed)[1]  # a stratified random subset
     train, val = split_validation(real, cfg.val_size, seed)
+    # validation uses its first validation.n points: a seeded random order, not the dataset's (which may be sorted)
+    val = val.subset(torch.randperm(len(val), generator=torch.Generator().manual_seed(int(seed) + 1)).to(val.device))
     if cfg.pool:
         p_images, p_labels = load_npz(cfg.pool, num_classes=info.num_classes)
+        _check_shape(p_images, info, cfg.pool)
         train = Pool(p_images, p_labels, torch.zeros(p_labels.numel(), dtype=torch.uint8), info.num_classes)
     n_real = len(train)
     if cfg.generated:
         g_images, g_labels = load_npz(cfg.generated, num_classes=info.num_classes)
+        _check_shape(g_images, info, cfg.generated)
         gen = Pool(g_images, g_labels, torch.ones(g_labels.numel(), dtype=torch.uint8), info.num_classes)
         train = train.concat(gen)
     return TrainingData(info=info, pool=train, val=val, n_real=n_real)
 
 
-def load_test_set(cfg: DataConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def load_test_set(cfg: DataConfig, info: DatasetInfo | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Test images (uint8) and labels in a fixed shuffled order, so the first n points are a
-    random, reproducible subset that is the same for every run and every method."""
+    random, reproducible subset that is the same for every run and every method. With `info`
+    (the training data's), an npz test file of another image shape is an error naming the file."""
     images, labels = _load_split(cfg, "test")
+    if info is not None and cfg.dataset == "npz":
+        _check_shape(images, info, cfg.test_path)
     perm = torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(12345))
     return images[perm], labels[perm]

@@ -12,7 +12,7 @@ class MixingSampler:
     """`epoch(e, seed)` -> this rank's list of LongTensor positions (indices into `is_generated`), one per batch.
 
     gen_fraction=None: a permutation of all positions cut into batches (ceil(n/B), or floor with drop_last).
-    gen_fraction=f: every batch holds round(f*B) generated and B - round(f*B) real positions; an epoch is
+    gen_fraction=f: every batch holds [f*B] generated (rounded half up) and B - [f*B] real positions; an epoch is
     ceil(n_real / B) batches (floor with drop_last; at least 1), the real set's size over the batch size as
     in Wang et al. 2023 (so an epoch sees (1-f) of the real set; with f=1, still n_real / B, so a
     generated-only run takes as many steps as a real-only one; n_gen / B without real data). Real and
@@ -52,8 +52,12 @@ class MixingSampler:
         else:
             if not 0.0 <= gen_fraction <= 1.0:
                 raise ValueError(f"MixingSampler: gen_fraction must be in [0, 1], got {gen_fraction}")
-            self.gen_per_batch = round(gen_fraction * batch_size)
+            self.gen_per_batch = math.floor(gen_fraction * batch_size + 0.5)  # half up (round() goes to even)
             self.real_per_batch = batch_size - self.gen_per_batch
+            if 0.0 < gen_fraction < 1.0 and not (self.gen_per_batch and self.real_per_batch):
+                raise ValueError(f"MixingSampler: gen_fraction={gen_fraction} of a batch of {batch_size} gives "
+                                 f"{self.gen_per_batch} generated and {self.real_per_batch} real samples per batch; "
+                                 "use a larger batch or a fraction of 0 or 1 to mean none or only generated data")
             if self.gen_per_batch and not n_gen:
                 raise ValueError(f"MixingSampler: gen_fraction={gen_fraction} but there are no generated positions")
             if self.real_per_batch and not n_real:

@@ -82,12 +82,17 @@ def validate_arrays(images, labels, num_classes: int | None, source) -> None:
         raise DataError(f"{source}: images must be uint8, got {images.dtype}")
     if images.ndim != 4 or min(images.shape[1:]) < 1:
         raise DataError(f"{source}: images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    if labels.ndim != 1:
-        raise DataError(f"{source}: labels must be 1-D, got shape {tuple(labels.shape)}")
-    if not _is_integer(labels):
-        raise DataError(f"{source}: labels must be integers, got {labels.dtype}")
+    validate_labels(labels, num_classes, source)
     if len(images) != len(labels):
         raise DataError(f"{source}: {len(images)} images but {len(labels)} labels")
+
+
+def validate_labels(labels, num_classes: int | None, source) -> None:
+    """Check integer labels (N,) in [0, num_classes); raise `DataError` naming `source`."""
+    if labels.ndim != 1:
+        raise DataError(f"{source}: labels must be 1-D, got shape {tuple(labels.shape)}")
+    if len(labels) and not _is_integer(labels):
+        raise DataError(f"{source}: labels must be integers, got {labels.dtype}")
     if len(labels):
         lo, hi = int(labels.min()), int(labels.max())
         if lo < 0:
@@ -152,6 +157,7 @@ def _load_idx(key, split, files):
         raise DataError(f"{lbl_path}: expected (N,) labels, got shape {labels.shape}")
     if len(images) != len(labels):
         raise DataError(f"{img_path}: {len(images)} images but {lbl_path} holds {len(labels)} labels")
+    validate_labels(labels, _INFO[key].num_classes, lbl_path)  # a bad label names the label file
     return _to_torch(images[:, None], labels, _INFO[key].num_classes, img_path)
 
 
@@ -212,13 +218,12 @@ def _load_cifar(key, split, src: Path):
     else:
         try:
             with tarfile.open(src, "r:*") as tar:
+                names = set(tar.getnames())
                 for m in members:
-                    f = tar.extractfile(f"{folder}/{m}")
+                    f = tar.extractfile(f"{folder}/{m}") if f"{folder}/{m}" in names else None
                     if f is None:
-                        raise KeyError(m)
+                        raise DataError(f"{src}: tarball has no member {folder}/{m}")
                     blobs.append((f"{src}:{folder}/{m}", f.read()))
-        except KeyError as e:
-            raise DataError(f"{src}: tarball has no member {folder}/{e.args[0]}") from e
         except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             raise DataError(f"{src}: corrupt or truncated tarball ({type(e).__name__}: {e})") from e
     images, labels = [], []
@@ -230,8 +235,12 @@ def _load_cifar(key, split, src: Path):
         data = np.asarray(d[b"data"])
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
             raise DataError(f"{where}: b'data' must be uint8 (N, 3072), got {data.dtype} {data.shape}")
+        batch_labels = np.asarray(d[label_key])
+        if batch_labels.ndim == 0 or len(batch_labels) != len(data):  # pair images and labels per batch file
+            raise DataError(f"{where}: {len(data)} images but {batch_labels.size} labels")
+        validate_labels(batch_labels, _INFO[key].num_classes, where)
         images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(d[label_key]).reshape(-1))
+        labels.append(batch_labels)
     return _to_torch(np.concatenate(images), np.concatenate(labels), _INFO[key].num_classes, src)
 
 
