@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import typer
-from scipy.stats import beta, norm
+from scipy.stats import binom, norm
 from torch import nn
 from typer.testing import CliRunner
 
@@ -17,11 +17,33 @@ from leanrobust.objectives.noise import gaussian_noise
 
 def test_clopper_pearson_matches_scipy_and_hand_cases():
     for k, n, alpha in [(1, 10, 0.05), (57, 100, 0.001), (9990, 10000, 0.001), (3, 3, 0.1)]:
-        assert clopper_pearson_lower(k, n, alpha) == pytest.approx(beta.ppf(alpha, k, n - k + 1), rel=1e-12)
+        # the defining property of the one-sided bound: P(Binomial(n, p_lower) >= k) = alpha
+        assert binom.sf(k - 1, n, clopper_pearson_lower(k, n, alpha)) == pytest.approx(alpha, rel=1e-6)
     assert clopper_pearson_lower(10, 10, 0.05) == pytest.approx(0.05 ** (1 / 10))  # k = n: alpha^(1/n) = 0.7411
     assert clopper_pearson_lower(0, 10, 0.05) == 0.0
     with pytest.raises(ValueError):
         clopper_pearson_lower(11, 10, 0.05)
+
+
+class SwitchesClassAfterItsFirstCall(nn.Module):
+    """Class 3 on its first forward (the n0 selection samples, one batch), class 5 on every later one."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return nn.functional.one_hot(torch.full((len(x),), 3 if self.calls == 1 else 5), 10).float() * 10
+
+
+def test_certify_selects_the_class_on_n0_samples_and_estimates_on_fresh_ones():
+    """cA comes from the selection samples only: the estimation samples never vote for it, so it abstains.
+    Picking cA from the estimation samples would certify class 5 with pA_lower near 1."""
+    res = certify(SwitchesClassAfterItsFirstCall(), torch.rand(1, 1, 4, 4), torch.tensor([5]), sigma=0.25, n0=20,
+                  n=200, batch_size=256, num_classes=10)  # no probe forward: call 1 is the n0 batch
+    assert res["prediction"] == [ABSTAIN] and res["pA_lower"] == [0.0] and res["correct"] == [False]
 
 
 class RandomGuess(nn.Module):

@@ -55,5 +55,12 @@ def test_train_then_eval_then_refuse_overwrite(tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     assert set(res["robust_acc"]) == {"pgd3", "cw3"} and res["n"] == 32
+    r = runner.invoke(app, ["eval", str(run), "--attacks", "pgd5", "--n", "32", "--json"])
+    assert r.exit_code == 0, r.output
+    # a later evaluation with other attacks adds a file; the earlier result stays
+    assert sorted(f.name for f in run.glob("eval_*.json")) == ["eval_linf_0.1_32_pgd3+cw3_seed0.json",
+                                                                "eval_linf_0.1_32_pgd5_seed0.json"]
+    r = runner.invoke(app, ["eval", str(run), "--attacks", "pgd3", "--n", "0"])
+    assert r.exit_code == 2 and "--n" in r.output
     r = runner.invoke(app, ["train", str(cfg), "--out", str(run)])
     assert r.exit_code == 2 and "finished run" in r.output

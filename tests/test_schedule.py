@@ -36,6 +36,15 @@ def test_warmup_ramps_linearly_over_its_epochs():
     assert lr_factor(c, 2, 0, 10) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("schedule,warmup,ipe", [("constant", 0.5, 3), ("cosine", 1.5, 5), ("piecewise", 0.3, 7)])
+def test_a_fractional_warmup_never_exceeds_the_schedule(schedule, warmup, ipe):
+    c, plain = cfg(schedule=schedule, warmup_epochs=warmup), cfg(schedule=schedule)
+    for it in range(3 * ipe):
+        e, i = divmod(it, ipe)
+        assert lr_factor(c, e, i, ipe) <= lr_factor(plain, e, i, ipe) + 1e-12
+    assert lr_factor(c, 2, 0, ipe) == pytest.approx(lr_factor(plain, 2, 0, ipe))  # after the warm-up: the schedule
+
+
 @pytest.mark.parametrize("schedule", ["piecewise", "cosine", "onecycle"])
 def test_changing_epoch_length_keeps_the_schedule_in_epochs(schedule):
     """2 epochs on the full pool (100 batches), then a 30% subset (30 batches): the rate at the

@@ -404,6 +404,51 @@ def test_cli_select_writes_a_selection_that_loads(tmp_path):
     assert r.exit_code == 2 and "nope.npz" in r.output
 
 
+def test_cli_select_prunes_in_the_scores_direction_by_default(tmp_path):
+    from leanrobust.cli_selection import write_scores
+
+    n, runner = 40, CliRunner()
+    s = np.arange(n, dtype=float)  # score i for pool index i
+    for method, kept in (("el2n", range(20, 40)), ("margin", range(0, 20))):  # el2n: low = easy, pruned
+        write_scores(tmp_path / f"{method}.npz", s, np.zeros(n, int), np.arange(n), np.zeros(n, bool),
+                     {"method": method, "eps": 0.1})
+        r = runner.invoke(cli_app(), ["select", str(tmp_path / f"{method}.npz"), "--fraction", "0.5", "--global",
+                                      "--out", str(tmp_path / f"{method}_sel.npz")])
+        assert r.exit_code == 0, r.output
+        assert Selection.load(tmp_path / f"{method}_sel.npz").indices.tolist() == list(kept)
+    write_scores(tmp_path / "anon.npz", s, np.zeros(n, int), np.arange(n), np.zeros(n, bool), {"eps": 0.1})
+    r = runner.invoke(cli_app(), ["select", str(tmp_path / "anon.npz"), "--fraction", "0.5", "--out", str(tmp_path / "a.npz")])
+    assert r.exit_code == 2 and "--prune highest or --prune lowest" in r.output
+    r = runner.invoke(cli_app(), ["select", str(tmp_path / "margin.npz"), "--fraction", "0.5", "--q", "0.3",
+                                  "--out", str(tmp_path / "q.npz")])
+    assert r.exit_code == 2 and "--q only apply with --puma" in r.output and not (tmp_path / "q.npz").exists()
+
+
+def test_warmup_model_trains_under_the_configs_own_schedule(monkeypatch):
+    """`score --warmup-epochs 2` trains epochs 0-1 of the full run's schedule, not a 2-epoch schedule."""
+    import leanrobust.train
+    from leanrobust.cli_selection import _warmup_model
+    from leanrobust.config import validate_config
+
+    seen = {}
+
+    class FakeTrainer:
+        def __init__(self, cfg, run_dir):
+            seen["epochs"], seen["trained"] = cfg.optim.epochs, []
+            self.pool = self.device = None
+
+        def train_epoch(self, e):
+            seen["trained"].append(e)
+
+        def eval_model(self):
+            return "ema-or-model"
+
+    monkeypatch.setattr(leanrobust.train, "Trainer", FakeTrainer)
+    cfg = validate_config({"optim": {"epochs": 10, "schedule": "cosine"}})
+    assert _warmup_model(cfg, 2)[0] == "ema-or-model"
+    assert seen == {"epochs": 10, "trained": [0, 1]}
+
+
 def test_cli_score_with_warmup_on_npz(tmp_path):
     rng = np.random.default_rng(0)
     n = 40

@@ -82,6 +82,8 @@ def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *,
 
 def certified_accuracy(results: dict, radii: Sequence[float]) -> dict[float, float]:
     """{r: share of points predicted correctly (no abstention) with certified radius >= r}."""
+    if "correct" not in results:
+        raise ValueError("certified_accuracy needs labels: call certify with y")
     rad, ok = results["radius"], results["correct"]
     total = max(len(rad), 1)
     return {float(r): sum(c and (rd >= r) for rd, c in zip(rad, ok)) / total for r in radii}

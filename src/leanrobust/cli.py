@@ -55,10 +55,17 @@ def resume(run_dir: Path = typer.Argument(..., help="run directory of an interru
     _print_summary(summary, run_dir)
 
 
+def eval_file_name(res: dict, attacks: list[str], aa_version: str, seed: int) -> str:
+    """One file per distinct evaluation (threat model, points, attacks, AutoAttack version, seed), so that a
+    later `eval` with other attacks adds a file instead of replacing an earlier result."""
+    tag = "+".join(a if a != "autoattack" else f"autoattack-{aa_version}" for a in attacks) or "clean"
+    return f"eval_{res['norm']}_{res['eps']:g}_{res['n']}_{tag}_seed{seed}.json"
+
+
 @app.command("eval")
 def eval_(run_dir: Path = typer.Argument(..., help="run directory or model.safetensors"),
           attacks: str = typer.Option("pgd20,cw20,autoattack", help="comma list: pgdK, cwK, autoattack"),
-          n: Optional[int] = typer.Option(None, "--n", help="test points (default: all)"),
+          n: Optional[int] = typer.Option(None, "--n", min=1, help="test points (default: all)"),
           eps: Optional[float] = typer.Option(None, help="radius (default: the run's)"),
           norm: Optional[str] = typer.Option(None, help="linf or l2 (default: the run's)"),
           aa_version: str = typer.Option("standard", help="AutoAttack: standard or fast (APGD-CE + APGD-T)"),
@@ -90,7 +97,7 @@ def eval_(run_dir: Path = typer.Argument(..., help="run directory or model.safet
                              autoattack_version=aa_version, batch_size=batch_size, device=dev, seed=seed,
                              state_dir=run_dir if run_dir.is_dir() else None, progress=not as_json)
         if run_dir.is_dir():
-            write_json(run_dir / f"eval_{res['norm']}_{res['eps']:g}_{res['n']}.json", res)
+            write_json(run_dir / eval_file_name(res, attack_list, aa_version, seed), res)
     except KNOWN_ERRORS as e:
         _fail(e)
     if as_json:

@@ -63,11 +63,13 @@ def read_scores(path: Path) -> tuple[dict, dict]:
 
 
 def _warmup_model(cfg, epochs: int):
-    """Train the first `epochs` epochs of cfg (optim.epochs = epochs, full pool) in memory."""
+    """Train the first `epochs` epochs of cfg on the full pool, in memory, under cfg's own schedule (the
+    learning rate and epoch-dependent objectives as in those epochs of the full run, not a schedule
+    squeezed into the warm-up). Returns the model training would evaluate (the EMA when cfg keeps one)."""
     from .train import Trainer
 
     raw = cfg.model_dump()
-    raw["optim"]["epochs"] = epochs
+    raw["optim"]["epochs"] = max(epochs, cfg.optim.epochs)
     raw["selection"]["method"] = "none"
     raw["data"]["selection"] = None
     from .config import validate_config
@@ -77,7 +79,7 @@ def _warmup_model(cfg, epochs: int):
         trainer = Trainer(wcfg, tmp)
         for e in range(epochs):
             trainer.train_epoch(e)
-    return trainer.model, trainer.pool, trainer.device
+    return trainer.eval_model(), trainer.pool, trainer.device
 
 
 def register(app: typer.Typer) -> None:
@@ -143,7 +145,8 @@ def register(app: typer.Typer) -> None:
     def select(scores_path: Path = typer.Argument(..., metavar="SCORES.npz", help="file written by `leanrobust score`"),
                fraction: float = typer.Option(..., "--fraction", help="share of the scored samples kept, in (0, 1]"),
                out: Path = typer.Option(..., "--out", help="Selection .npz to write (data.selection of a config)"),
-               prune: str = typer.Option("highest", "--prune", help="highest or lowest: which scores are removed"),
+               prune: str = typer.Option("auto", "--prune", help="highest, lowest, or auto: the scores' method's "
+                                         "default (margin, kappa: highest; loss, el2n, grand, pm: lowest)"),
                class_balanced: bool = typer.Option(True, "--class-balanced/--global",
                                                    help="keep per class in proportion to class sizes"),
                puma: bool = typer.Option(False, "--puma", help="PUMA: scores are margins; prune the highest and "
@@ -154,6 +157,7 @@ def register(app: typer.Typer) -> None:
                eps: Optional[float] = typer.Option(None, "--eps", help="training eps (default: the scores' eps)"),
                ) -> None:
         """Make a Selection (indices, weight, eps) from a scores file."""
+        from .selection.dynamic import DEFAULT_PRUNE, resolve_prune
         from .selection.pruning import select_by_score
         from .selection.puma import puma_selection
         from .selection.selection import Selection
@@ -164,6 +168,18 @@ def register(app: typer.Typer) -> None:
             if base_eps is None:
                 raise ValueError(f"{scores_path} records no eps; pass --eps (the training radius)")
             s, y = arrays["scores"], arrays["labels"]
+            if prune == "auto":
+                method = meta.get("method")
+                if method not in DEFAULT_PRUNE or (DEFAULT_PRUNE[method] is None and not puma):
+                    raise ValueError(f"--prune auto: {scores_path} records no known scoring method ({method!r}); "
+                                     "pass --prune highest or --prune lowest")
+                prune = "highest" if puma else resolve_prune(method, "auto")
+            elif prune not in ("highest", "lowest"):
+                raise ValueError(f"--prune must be highest, lowest or auto, got {prune!r}")
+            if not puma:
+                unused = [f"--{k}" for k, v, d in (("q", q, 0.1), ("floor", floor, 0.0), ("scale", scale, 1.0)) if v != d]
+                if unused:
+                    raise ValueError(f"{', '.join(unused)} only apply with --puma")
             if puma:
                 if meta.get("method") not in (None, "margin"):
                     raise ValueError(f"--puma needs margin scores, {scores_path} holds {meta.get('method')!r}")

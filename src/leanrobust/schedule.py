@@ -26,5 +26,5 @@ def lr_factor(cfg: OptimConfig, epoch: int, i: int, iters_per_epoch: int) -> flo
         raise ValueError(f"unknown schedule {cfg.schedule!r}")
     warm = cfg.warmup_epochs * ipe
     if warm > 0 and it < warm:
-        f *= (it + 1) / warm
+        f *= min(1.0, (it + 1) / warm)  # a fractional warm-up ends at the base rate, never above it
     return f
