@@ -66,7 +66,6 @@ def autoattack_chunks(names: list[str], chunk: int, minutes: float | None, devic
     """Standard AutoAttack, Linf eps 0.1, seed 0, one row per (model, chunk of test points);
     shard (k, n): only the chunks whose index is k modulo n (for workers side by side)."""
     path = RESULTS / "reference_fmnist_aa.jsonl"
-    finished = done_rows(path)
     images, labels = load_dataset("fashion_mnist", "test")
     dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     t_start = time.perf_counter()
@@ -79,6 +78,7 @@ def autoattack_chunks(names: list[str], chunk: int, minutes: float | None, devic
         for start in range(0, N_TEST, chunk):
             end = min(start + chunk, N_TEST)
             row_name = f"{name}_aa_{start}_{end}"
+            finished = done_rows(path)  # re-read: another worker (e.g. a later --shard) may have finished it
             if row_name in finished or (start // chunk) % shard[1] != shard[0]:
                 continue
             if minutes is not None and time.perf_counter() - t_start > 60 * minutes:
@@ -98,7 +98,6 @@ def autoattack_chunks(names: list[str], chunk: int, minutes: float | None, devic
                    "seconds": time.perf_counter() - t, "device": device_label(device), "threads": torch.get_num_threads(), "batch_size": batch_size,
                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
             append_row(path, row)
-            finished[row_name] = row
 
 
 def reevaluate(specs: list[dict], device: str) -> None:
