@@ -64,6 +64,10 @@ def test_dm_writes_a_pool_that_train_accepts(tiny_cfg, tmp_path):
     (["mfc", "--radius", "-1"], "radius"), (["kcenter"], "exactly one"),
     (["mfc", "--ipc", "3", "--fraction", "0.1"], "exactly one"), (["dm"], "--ipc"),
     (["mfc", "--ipc", "3", "--metric", "l2"], "metric"), (["bogus", "--ipc", "3"], "--method"),
+    (["random", "--ipc", "3", "--solver", "milp"], "--solver not used by --method random (--solver is for mfc)"),
+    (["dm", "--ipc", "3", "--fraction", "0.1"], "--fraction not used by --method dm"),
+    (["kcenter", "--ipc", "3", "--iterations", "5", "--plain-eps"], "--plain-eps, --iterations not used"),
+    (["mfc", "--ipc", "3", "--batch-real", "8"], "--batch-real is for dm"),
 ])
 def test_bad_budgets_give_clear_errors(tiny_cfg, tmp_path, args, needle):
     r = runner.invoke(app, ["compress", str(tiny_cfg), "--method", *args, "--out", str(tmp_path / "x.npz")])

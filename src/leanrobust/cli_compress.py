@@ -11,6 +11,8 @@ import numpy as np
 import typer
 
 METHODS = ("mfc", "dm", "random", "kcenter")
+OPTION_METHODS = {"--solver": ("mfc",), "--plain-eps": ("mfc",), "--iterations": ("dm",), "--batch-real": ("dm",),
+                  "--metric": ("mfc", "kcenter"), "--fraction": ("mfc", "random", "kcenter")}  # who reads each option
 
 
 def compress(config: Optional[Path], method: str, *, ipc: Optional[int] = None, fraction: Optional[float] = None,
@@ -30,9 +32,15 @@ def compress(config: Optional[Path], method: str, *, ipc: Optional[int] = None, 
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     cfg = load_config(config, overrides or [])
     eps, norm = cfg.objective.eps, cfg.objective.norm
-    metric = metric or ("linf" if norm == "linf" else "l2")
     if method != "mfc" and radius is not None:
         raise ValueError("--radius is for --method mfc only; use --ipc or --fraction")
+    given = {"--solver": solver != "auto", "--plain-eps": plain_eps, "--iterations": iterations != 1000,
+             "--batch-real": batch_real != 256, "--metric": metric is not None, "--fraction": fraction is not None}
+    unused = [opt for opt, on in given.items() if on and method not in OPTION_METHODS[opt]]
+    if unused:  # an option the method would silently ignore
+        raise ValueError(f"{', '.join(unused)} not used by --method {method} ("
+                         + "; ".join(f"{o} is for {', '.join(OPTION_METHODS[o])}" for o in unused) + ")")
+    metric = metric or ("linf" if norm == "linf" else "l2")
     data = build_training_data(cfg.data, cfg.seed)
     real = data.pool.subset(~data.pool.is_generated)
     images, labels = real.images, real.labels
