@@ -97,8 +97,11 @@ def test_report_ranks_marks_the_front_lists_unfinished_runs_and_writes_files(tmp
 def test_different_threat_models_are_flagged(tmp_path):
     fake_run(tmp_path / "a", robust={"pgd20": 0.5}, eps=0.1)
     fake_run(tmp_path / "b", robust={"pgd20": 0.6}, eps=0.2)
-    rep = build_report([tmp_path / "a", tmp_path / "b"])
+    fake_run(tmp_path / "c", robust={"pgd20": 0.4}, eps=0.1, clean=0.7)
+    rep = build_report([tmp_path / "a", tmp_path / "b", tmp_path / "c"])
     assert "not comparable" in to_markdown(rep)
+    # a front per threat model: b (eps 0.2) does not dominate a or c (eps 0.1); a dominates c within eps 0.1
+    assert sorted(rep.front) == ["a", "b"]
 
 
 def test_runs_without_the_ranking_attack_are_listed_not_dropped_silently(tmp_path):

@@ -171,6 +171,10 @@ def default_attack(records: list[RunRecord]) -> str:
     return min(sorted(common), key=lambda a: sum(r.robust[a][0] for r in records))
 
 
+def threat_model(r: RunRecord) -> str:
+    return f"{r.norm} eps={r.eps:g}"
+
+
 def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     """Names whose (clean, robust) no other point matches or beats in both with one strictly better."""
     def dominated(a):
@@ -196,8 +200,10 @@ def build_report(paths: list[str | Path], attack: Optional[str] = None) -> Repor
     for r in lacking:
         skipped[r.path] = f"not evaluated with {attack} (run `leanrobust eval {r.path} {how}`)"
     ranked = sorted((r for r in records if attack in r.robust), key=lambda r: -r.robust[attack][0])
-    front = pareto_front({r.name: (r.clean_acc, r.robust[attack][0]) for r in ranked})
-    threats = sorted({f"{r.norm} eps={r.eps:g}" for r in ranked})
+    threats = sorted({threat_model(r) for r in ranked})
+    # one front per threat model: a run is not dominated by one attacked with a smaller radius
+    front = [name for tm in threats for name in pareto_front(
+        {r.name: (r.clean_acc, r.robust[attack][0]) for r in ranked if threat_model(r) == tm})]
     return Report(records=ranked, attack=attack, front=front, skipped=skipped, threat_models=threats)
 
 
@@ -210,7 +216,7 @@ def to_markdown(rep: Report) -> str:
     lines = [f"# Runs ranked by robust accuracy under {rep.attack}", ""]
     if len(rep.threat_models) > 1:
         lines += [f"**Warning:** the runs have different threat models ({'; '.join(rep.threat_models)}): "
-                  "their robust accuracies are not comparable.", ""]
+                  "their robust accuracies are not comparable; the front is drawn per threat model.", ""]
     lines += ["Accuracies in %; a number in brackets is the count of test points when it differs from the clean "
               f"column's. front: on the clean / {rep.attack} Pareto front. {FAST_AA}: APGD-CE + APGD-T only (an upper "
               "bound on standard AutoAttack's accuracy).", "",
@@ -243,12 +249,13 @@ def plot(rep: Report, path: str | Path) -> Path:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
     markers = dict(zip(rep.threat_models, "osD^v<>p*h"))
     for tm, mk in markers.items():
-        rs = [r for r in rep.records if f"{r.norm} eps={r.eps:g}" == tm]
+        rs = [r for r in rep.records if threat_model(r) == tm]
         ax1.scatter([100 * r.clean_acc for r in rs], [100 * r.robust[rep.attack][0] for r in rs], marker=mk, label=tm)
         ax2.scatter([max(r.grad_evals, 1) for r in rs], [100 * r.robust[rep.attack][0] for r in rs], marker=mk, label=tm)
-    front = sorted((r for r in rep.records if r.name in rep.front), key=lambda r: r.clean_acc)
-    ax1.plot([100 * r.clean_acc for r in front], [100 * r.robust[rep.attack][0] for r in front], "k--", lw=0.8,
-             drawstyle="steps-pre", label="Pareto front")  # a staircase: no interpolation between runs
+    for i, tm in enumerate(rep.threat_models):  # a staircase per threat model: no interpolation between runs
+        front = sorted((r for r in rep.records if r.name in rep.front and threat_model(r) == tm), key=lambda r: r.clean_acc)
+        ax1.plot([100 * r.clean_acc for r in front], [100 * r.robust[rep.attack][0] for r in front], "k--", lw=0.8,
+                 drawstyle="steps-pre", label="Pareto front" if i == 0 else None)
     for r in rep.records:
         y = 100 * r.robust[rep.attack][0]
         ax1.annotate(r.name, (100 * r.clean_acc, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
