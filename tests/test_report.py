@@ -82,6 +82,9 @@ def test_report_ranks_marks_the_front_lists_unfinished_runs_and_writes_files(tmp
     (tmp_path / "runs" / "half" / "config.yaml").write_text("{}\n")
     rep = build_report([tmp_path / "runs"])
     assert [r.name for r in rep.records] == ["strong", "weak"]
+    # the same run named twice (through a detour) is one run
+    same = build_report([tmp_path / "runs" / "weak", tmp_path / "runs" / "half" / ".." / "weak"])
+    assert [r.name for r in same.records] == ["weak"]
     assert rep.front == ["strong"]
     assert "leanrobust resume" in rep.skipped[str(tmp_path / "runs" / "half")]
     md = to_markdown(rep)

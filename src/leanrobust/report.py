@@ -78,7 +78,10 @@ def find_runs(paths: list[str | Path]) -> tuple[list[Path], dict[str, str]]:
         if not visit(p) and not any([visit(c) for c in sorted(p.iterdir()) if c.is_dir()]):
             raise FileNotFoundError(f"{p} holds no leanrobust run ({SUMMARY}, {CONFIG} or {CHECKPOINT}), "
                                     "nor do its sub-directories")
-    return list(dict.fromkeys(finished)), skipped
+    unique: dict[Path, Path] = {}
+    for d in finished:  # one entry per directory however it was named (relative, absolute, twice)
+        unique.setdefault(d.resolve(), d)
+    return list(unique.values()), skipped
 
 
 def _read_json(path: Path) -> dict:
