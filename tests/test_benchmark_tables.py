@@ -70,3 +70,15 @@ def test_selection_rows_are_stale_only_when_their_method_ran_differently():
     assert not selection_fmnist.stale({**old, "overrides": ["objective.name=mail_at"]})
     # a rerun records its commit: no longer stale, so a restarted --rerun-stale skips it
     assert not selection_fmnist.stale({"finished": "2026-11-23 05:00:00", "git": "abc1234", "overrides": warm})
+
+
+def test_proxy_rows_are_stale_only_with_generated_data_under_the_old_sampler(tmp_path, monkeypatch):
+    import proxy_fmnist
+
+    monkeypatch.setattr(proxy_fmnist, "RESULTS", tmp_path)
+    rows = [{"name": "real_only", "overrides": ["progress=false"], "finished": "2026-11-30 10:00:00"},
+            {"name": "gen1x", "overrides": ["data.generated=g.npz"], "finished": "2026-11-30 10:00:00"},
+            {"name": "gen2x", "overrides": ["data.generated=g.npz"], "finished": "2026-11-30 10:00:00"},
+            {"name": "gen2x", "overrides": ["data.generated=g.npz"], "finished": "2026-12-03 10:00:00", "git": "abc"}]
+    (tmp_path / "proxy_fmnist.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert proxy_fmnist.stale_rows("proxy_fmnist") == {"gen1x"}  # gen2x's rerun (the last line) is current
