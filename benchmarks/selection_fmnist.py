@@ -142,6 +142,11 @@ def report(done: list[dict]) -> None:
              "several sessions with 2 to 5 benchmark processes sharing the 2 cores, so wall-time speed-ups mix "
              "contention levels; the pass ratio (full-data grad evals / the row's: forward+backward passes, "
              "attack, scoring and selection included) is the load-independent cost ratio."]
+    same = [r for r in done if full and r is not full and grad_evals(r) == base_g]
+    if same:  # equal passes, so any wall-time "speed-up" is the machine's load, not the method
+        lines[-1] += (" Rows with exactly full_100's passes show the load's effect: "
+                      + ", ".join(f"{r['name']} {base_s / r['total_seconds']:.2f}x" for r in same)
+                      + " wall-time 'speed-up' at a pass ratio of 1.00x.")
     v1 = [r["name"] for r in done if grad_evals(r) != int(r["grad_evals"])]
     if v1:
         lines[-1] += (f" Rows {', '.join(v1)} ran before DeepFool's extra backward passes were counted; their "
