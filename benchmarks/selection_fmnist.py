@@ -225,10 +225,15 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--rerun-stale", action="store_true",
                     help="train again the rows whose method ran differently from the current code (flags ‡ §)")
+    ap.add_argument("--rerun", nargs="+", default=[], metavar="NAME",
+                    help="train these rows again while their line predates the review fixes (e.g. to put every "
+                         "row under the current robust count); a restart skips those already rerun")
     args = ap.parse_args()
     if not args.report_only:
         path = RESULTS / "selection_fmnist.jsonl"
-        again = {n for n, r in done_rows(path).items() if stale(r)} if args.rerun_stale else set()
+        done = done_rows(path)
+        again = {n for n, r in done.items() if (args.rerun_stale and stale(r))
+                 or (n in args.rerun and before_review_fixes(r))}
         run_table("selection_fmnist", rows(args.fractions), only=args.only, rerun=again)
     report(list(done_rows(RESULTS / "selection_fmnist.jsonl").values()))
 
