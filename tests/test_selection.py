@@ -419,6 +419,9 @@ def test_cli_select_prunes_in_the_scores_direction_by_default(tmp_path):
     write_scores(tmp_path / "anon.npz", s, np.zeros(n, int), np.arange(n), np.zeros(n, bool), {"eps": 0.1})
     r = runner.invoke(cli_app(), ["select", str(tmp_path / "anon.npz"), "--fraction", "0.5", "--out", str(tmp_path / "a.npz")])
     assert r.exit_code == 2 and "--prune highest or --prune lowest" in r.output
+    r = runner.invoke(cli_app(), ["select", str(tmp_path / "anon.npz"), "--fraction", "0.5", "--puma",
+                                  "--out", str(tmp_path / "p.npz")])  # PUMA needs no recorded method
+    assert r.exit_code == 0, r.output
     r = runner.invoke(cli_app(), ["select", str(tmp_path / "margin.npz"), "--fraction", "0.5", "--q", "0.3",
                                   "--out", str(tmp_path / "q.npz")])
     assert r.exit_code == 2 and "--q only apply with --puma" in r.output and not (tmp_path / "q.npz").exists()

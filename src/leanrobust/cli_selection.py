@@ -168,12 +168,14 @@ def register(app: typer.Typer) -> None:
             if base_eps is None:
                 raise ValueError(f"{scores_path} records no eps; pass --eps (the training radius)")
             s, y = arrays["scores"], arrays["labels"]
-            if prune == "auto":
+            if prune == "auto" and puma:
+                prune = "highest"  # PUMA's rule (its margins may come from a file that names no method)
+            elif prune == "auto":
                 method = meta.get("method")
-                if method not in DEFAULT_PRUNE or (DEFAULT_PRUNE[method] is None and not puma):
+                if DEFAULT_PRUNE.get(method) is None:
                     raise ValueError(f"--prune auto: {scores_path} records no known scoring method ({method!r}); "
                                      "pass --prune highest or --prune lowest")
-                prune = "highest" if puma else resolve_prune(method, "auto")
+                prune = resolve_prune(method, "auto")
             elif prune not in ("highest", "lowest"):
                 raise ValueError(f"--prune must be highest, lowest or auto, got {prune!r}")
             if not puma:
