@@ -138,9 +138,9 @@ def report(done: list[dict]) -> None:
     lines = ["# Data selection for robust training, Fashion-MNIST, Linf eps 0.1", "",
              "Command: `python benchmarks/selection_fmnist.py` (rows: selection_fmnist.jsonl; base config "
              "benchmarks/configs/selection_fmnist.yaml). Clean / PGD-20 / CW-20 on 1000 test points, AutoAttack "
-             "(standard) on the first 200; wall time includes warm-up, scoring and selection. The rows ran over "
-             "several sessions with 2 to 5 benchmark processes sharing the 2 cores, so wall-time speed-ups mix "
-             "contention levels; the pass ratio (full-data grad evals / the row's: forward+backward passes, "
+             "(standard) on the first 200; wall time includes warm-up, scoring and selection. The rows ran as "
+             "single-thread benchmark processes, two or three of them sharing the machine's cores, so wall-time "
+             "speed-ups carry the machine's load; the pass ratio (full-data grad evals / the row's: forward+backward passes, "
              "attack, scoring and selection included) is the load-independent cost ratio."]
     same = [r for r in done if full and r is not full and grad_evals(r) == base_g]
     if same:  # equal passes, so any wall-time "speed-up" is the machine's load, not the method
