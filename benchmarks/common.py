@@ -50,15 +50,14 @@ def row_device(summary: dict, config_device: str, trained_now: bool) -> str:
     return str(dev)
 
 
+def read_rows(path: Path) -> list[dict]:
+    """Every line of a results file, in order (history included); [] when it does not exist."""
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+
+
 def done_rows(path: Path) -> dict[str, dict]:
-    if not path.exists():
-        return {}
-    rows = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            rows[row["name"]] = row
-    return rows
+    """The last line per row name: a rerun's line wins over the earlier ones."""
+    return {row["name"]: row for row in read_rows(path)}
 
 
 def append_row(path: Path, row: dict) -> None:

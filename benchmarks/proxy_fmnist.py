@@ -201,6 +201,16 @@ def cert_rows() -> list[dict]:
             {"name": "cert_gen2x", "config": BASE, "overrides": ov + [f"data.generated={gen_file(GEN_STEPS, 2)}"]}]
 
 
+def certified_is_current(cert: dict, train: dict | None) -> bool:
+    """A certified row belongs to one training of its model: it records that row's `finished` as `trained`.
+    Certified rows from before that field certified the original trainings (training rows without `git`)."""
+    if train is None:
+        return True
+    if "trained" in cert:
+        return cert["trained"] == train.get("finished")
+    return "git" not in train
+
+
 def stage_certify(only: list[str] | None, rerun_stale: bool = False) -> None:
     from leanrobust.certify import certify_run
 
@@ -212,9 +222,7 @@ def stage_certify(only: list[str] | None, rerun_stale: bool = False) -> None:
     for r in cert_rows():
         run = Path("runs/bench/proxy_fmnist_certify") / r["name"] / "run"
         t = trained.get(r["name"])
-        # a certified row belongs to one training of its model: certify again after a rerun
-        fresh = r["name"] in done and (t is None or done[r["name"]].get("trained", t.get("finished")) == t.get("finished"))
-        if fresh or not (run / "summary.json").exists():
+        if (r["name"] in done and certified_is_current(done[r["name"]], t)) or not (run / "summary.json").exists():
             continue
         rep = certify_run(run, sigma=SIGMA, n0=100, n=2000, alpha=0.001, num=500, radii=RADII, progress=False)
         append_row(path, {"name": r["name"], "device": device_label("cpu"), "trained": t.get("finished") if t else None,

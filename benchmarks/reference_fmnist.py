@@ -24,14 +24,13 @@ worker appends only the rows of its own chunks.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from common import RESULTS, append_row, device_label, done_rows, git_commit, pct, run_table
+from common import RESULTS, append_row, device_label, done_rows, git_commit, pct, read_rows, run_table
 from leanrobust import load
 from leanrobust.config import load_config
 from leanrobust.attacks import autoattack
@@ -151,10 +150,6 @@ def covered(name: str) -> str:
     return ", ".join(f"{a}-{b}" for a, b in merged)
 
 
-def _lines(path: Path) -> list[str]:
-    return [ln for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
-
-
 def markdown(rows: list[dict]) -> str:
     lines = ["# Reference: full Fashion-MNIST, SmallCNN, Linf eps 0.1", "",
              "Command: `python benchmarks/reference_fmnist.py [--aa-minutes M]` (training rows in "
@@ -191,8 +186,7 @@ def markdown(rows: list[dict]) -> str:
                   "rows' own numbers, counted before 2026-12-02 without that condition: "
                   + "; ".join(f"{r['name']} {pct(r['clean_acc'])} / {pct(r['robust_acc'].get('pgd20'))} / "
                               f"{pct(r['robust_acc'].get('cw20'))}" for r in redone) + "."]
-    spread = [json.loads(ln) for ln in _lines(RESULTS / "reference_fmnist_eval.jsonl")]
-    spread = [e for e in spread if e.get("order") != TRAINER_ORDER]
+    spread = [e for e in read_rows(RESULTS / "reference_fmnist_eval.jsonl") if e.get("order") != TRAINER_ORDER]
     if spread:
         lines += ["", "Run-to-run spread of the attacks: an earlier re-evaluation attacked the test points in file "
                   "order, so every point got another random start (same weights, the current robust count): "

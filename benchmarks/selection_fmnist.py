@@ -12,7 +12,6 @@ one JSON line per finished row in benchmarks/results/selection_fmnist.jsonl.
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from common import RESULTS, best_epoch, done_rows, pct, run_table
@@ -44,21 +43,6 @@ def rows(fractions: list[float]) -> list[dict]:
                         "overrides": ["progress=false", f"selection.fraction={f}", *ov]})
     out += [{"name": k, "config": BASE, "overrides": ["progress=false", *ov]} for k, ov in REWEIGHT.items()]
     return out
-
-
-TRAIN_PASSES_PER_SAMPLE = 8  # PGD-7 + the update (the base config's objective)
-DEEPFOOL_CANDIDATES = 3  # MARGIN above: 2 class-gradient backward passes per DeepFool forward
-
-
-def grad_evals(r: dict) -> int:
-    """The row's grad evals under the current accounting. Rows from before grad_evals_version 2 counted
-    one pass per DeepFool gradient forward, not its DEEPFOOL_CANDIDATES - 1 backward passes: for the
-    margin/PUMA rows the scoring's forwards are grad_evals - 8 * samples_seen, each one pass short."""
-    g = int(r["grad_evals"])
-    deepfool = any(o in ("selection.method=margin", "selection.method=puma") for o in r["overrides"])
-    if deepfool and r.get("grad_evals_version", 1) < 2:
-        g += (g - TRAIN_PASSES_PER_SAMPLE * int(r["samples_seen"])) * (DEEPFOOL_CANDIDATES - 2)
-    return g
 
 
 # the commit from which LR schedules run in epochs; before it the schedule's horizon was recomputed from
@@ -107,34 +91,10 @@ def flags(r: dict) -> str:
     return " ".join(marks) or "-"
 
 
-def lr_example(done: list[dict]) -> str:
-    """Where the old schedule's cosine reached its floor, for the smallest kept fraction among the old rows:
-    it spanned epochs x the selected epoch's batches, while the run trained start_epoch full epochs first."""
-    import yaml
-
-    cfg = yaml.safe_load(BASE.read_text())
-    B = cfg["optim"]["batch_size"]
-    full = next((r for r in done if r["name"] == "full_100"), None)
-    olds = [r for r in done if old_lr_schedule(r) and r.get("epochs")]
-    if not (full and olds):
-        return ""
-    r = min(olds, key=lambda r: r["n_train"])
-    e, s0 = r["epochs"], start_epoch(r)
-    full_b, sel_b = math.ceil(full["n_train"] / B), math.ceil(r["n_train"] / B)
-    total, it0, horizon = s0 * full_b + (e - s0) * sel_b, s0 * full_b, e * sel_b
-    cos = lambda t: 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))  # noqa: E731  (the old cosine, clamped at t=1)
-    return (f", e.g. at {100 * r['n_train'] / full['n_train']:.0f}% kept ({r['name']}): {s0} warm-up epoch of "
-            f"{full_b} batches + {e - s0} epochs of {sel_b} = {total} iterations, while after the first selection "
-            f"the cosine's horizon became {e} x {sel_b} = {horizon} (during the warm-up it was {e} x {full_b}): the "
-            f"learning-rate factor jumped from {cos(it0 / (e * full_b)):.2f} to {cos(it0 / horizon):.2f} at the "
-            f"first selection and reached the cosine's floor at iteration {horizon} of "
-            f"{total}, so the last {total - horizon} iterations ran at a learning rate of 0")
-
-
 def report(done: list[dict]) -> None:
     full = next((r for r in done if r["name"] == "full_100"), None)
     base_s = full["total_seconds"] if full else None
-    base_g = grad_evals(full) if full else None
+    base_g = int(full["grad_evals"]) if full else None
     lines = ["# Data selection for robust training, Fashion-MNIST, Linf eps 0.1", "",
              "Command: `python benchmarks/selection_fmnist.py` (rows: selection_fmnist.jsonl; base config "
              "benchmarks/configs/selection_fmnist.yaml). Clean / PGD-20 / CW-20 on 1000 test points, AutoAttack "
@@ -142,15 +102,15 @@ def report(done: list[dict]) -> None:
              "single-thread benchmark processes, two or three of them sharing the machine's cores, so wall-time "
              "speed-ups carry the machine's load; the pass ratio (full-data grad evals / the row's: forward+backward passes, "
              "attack, scoring and selection included) is the load-independent cost ratio."]
-    same = [r for r in done if full and r is not full and grad_evals(r) == base_g]
+    same = [r for r in done if full and r is not full and int(r["grad_evals"]) == base_g]
     if same:  # equal passes, so any wall-time "speed-up" is the machine's load, not the method
         lines[-1] += (" Rows with exactly full_100's passes show the load's effect: "
                       + ", ".join(f"{r['name']} {base_s / r['total_seconds']:.2f}x" for r in same)
                       + " wall-time 'speed-up' at a pass ratio of 1.00x.")
-    v1 = [r["name"] for r in done if grad_evals(r) != int(r["grad_evals"])]
-    if v1:
-        lines[-1] += (f" Rows {', '.join(v1)} ran before DeepFool's extra backward passes were counted; their "
-                      "grad evals here add them from the rows' own counts (`grad_evals` in this script).")
+    old_passes = [r["name"] for r in done if r.get("grad_evals_version", 1) < 2]
+    if old_passes:
+        lines[-1] += (f" Rows {', '.join(old_passes)} counted passes before DeepFool's extra backward passes were "
+                      "(grad_evals_version 1): their grad evals are low; rerun them (`--rerun NAME`).")
     old_count = [r["name"] for r in done if before_review_fixes(r)]
     if old_count:
         lines[-1] += (f" Rows trained before commit {LR_FIX[0]} ({len(old_count)} of {len(done)}"
@@ -172,7 +132,7 @@ def report(done: list[dict]) -> None:
         lines += [f"**{LR_MARK} Old learning-rate schedule ({len(old_lr)} rows"
                   + (": every row with selection.start_epoch >= 1" if every else ", with selection.start_epoch >= 1")
                   + f"):** trained before commit {LR_FIX[0]}, when the schedule's horizon was recomputed from the "
-                  "shrunken selected epoch, so the cosine reached its floor early" + lr_example(done) + ". "
+                  "shrunken selected epoch, so the cosine reached its floor early. "
                   "Their accuracies and best epochs are not those of the intended schedule; they need a rerun "
                   "(`--rerun-stale`).", ""]
     if old_gair:
@@ -185,10 +145,10 @@ def report(done: list[dict]) -> None:
     for r in done:
         ra = r["robust_acc"]
         sp = f"{base_s / r['total_seconds']:.2f}x" if base_s else "-"
-        pr = f"{base_g / grad_evals(r):.2f}x" if base_g else "-"
+        pr = f"{base_g / int(r['grad_evals']):.2f}x" if base_g else "-"
         kept = r["name"].rsplit("_", 1)[1] + "%" if r["name"].rsplit("_", 1)[1].isdigit() else "100%"
         lines.append(f"| {r['name']} | {kept} | {pct(r['clean_acc'])} | {pct(ra.get('pgd20'))} | {pct(ra.get('cw20'))} | "
-                     f"{pct(ra.get('autoattack'))} | {r['total_seconds']:.0f} | {sp} | {grad_evals(r):,} | "
+                     f"{pct(ra.get('autoattack'))} | {r['total_seconds']:.0f} | {sp} | {int(r['grad_evals']):,} | "
                      f"{pr} | {best_epoch(r)} | {flags(r)} | {r['device']} |")
     (RESULTS / "selection_fmnist.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

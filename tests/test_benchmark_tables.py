@@ -82,3 +82,15 @@ def test_proxy_rows_are_stale_only_with_generated_data_under_the_old_sampler(tmp
             {"name": "gen2x", "overrides": ["data.generated=g.npz"], "finished": "2026-12-03 10:00:00", "git": "abc"}]
     (tmp_path / "proxy_fmnist.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert proxy_fmnist.stale_rows("proxy_fmnist") == {"gen1x"}  # gen2x's rerun (the last line) is current
+
+
+def test_a_retrained_certification_model_is_certified_again():
+    import proxy_fmnist
+
+    original = {"name": "cert_gen2x", "finished": "2026-11-30 10:00:00"}
+    rerun = {"name": "cert_gen2x", "finished": "2026-12-03 10:00:00", "git": "abc1234"}
+    old_cert = {"name": "cert_gen2x"}  # written before certified rows recorded their training
+    assert proxy_fmnist.certified_is_current(old_cert, original)
+    assert not proxy_fmnist.certified_is_current(old_cert, rerun)
+    assert proxy_fmnist.certified_is_current({**old_cert, "trained": rerun["finished"]}, rerun)
+    assert not proxy_fmnist.certified_is_current({**old_cert, "trained": original["finished"]}, rerun)
