@@ -69,9 +69,11 @@ def append_row(path: Path, row: dict) -> None:
 
 
 def run_row(table: str, name: str, config: str | Path, overrides: list[str], *, runs_dir: Path,
-            prepare: Optional[Callable[[Path], tuple[list[str], dict]]] = None) -> dict:
+            prepare: Optional[Callable[[Path], tuple[list[str], dict]]] = None, run_name: Optional[str] = None) -> dict:
     """Train + evaluate one row. `prepare(row_dir) -> (extra overrides, info)` runs first (e.g. a
-    selection or compression step); its wall time is added to the row's total seconds."""
+    selection or compression step); its wall time is added to the row's total seconds. run_name: the
+    run's config name (default the row's; seeds of one method share it so that `leanrobust speedup`
+    groups them)."""
     row_dir = runs_dir / table / name
     row_dir.mkdir(parents=True, exist_ok=True)
     info: dict = {}
@@ -81,7 +83,7 @@ def run_row(table: str, name: str, config: str | Path, overrides: list[str], *, 
         extra, info = prepare(row_dir)
         prep_seconds = time.perf_counter() - t0
         overrides = overrides + extra
-    cfg = load_config(config, overrides + [f"name={name}"])
+    cfg = load_config(config, overrides + [f"name={run_name or name}"])
     run = row_dir / "run"
     commit = git_commit()  # before training: the code the row runs (a reused summary may be older)
     reused = (run / "summary.json").exists()

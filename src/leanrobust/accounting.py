@@ -61,6 +61,15 @@ class PassCounter:
         finally:
             self.active = prev
 
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[None]:
+        """Passes made inside are counted (a counter that is off by default, e.g. the validation one)."""
+        prev, self.active = self.active, True
+        try:
+            yield
+        finally:
+            self.active = prev
+
     def state_dict(self) -> dict[str, int]:
         return {"grad_evals": self.grad_evals, "forward_evals": self.forward_evals, "grad_evals_version": self.version}
 

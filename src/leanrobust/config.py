@@ -26,7 +26,11 @@ class DataConfig(_Strict):
     root: Optional[str] = Field(None, description="data directory searched first")
     download: bool = True
     train_subset: Optional[int] = Field(None, ge=1, description="class-balanced random subset of the real training set")
-    val_size: int = Field(1000, ge=0, description="held-out real training images for model selection")
+    val_size: int = Field(2000, ge=0, description="held-out real training images: the per-epoch curve and model selection")
+    val_seed: Optional[int] = Field(
+        0, description="seed of the held-out split, drawn from the whole real training set before train_subset, so "
+                       "every run on a dataset is validated on the same images whatever its seed; null: the run's "
+                       "seed, drawn after train_subset (how runs written before this key were split)")
     pool: Optional[str] = Field(None, description="npz that replaces the real training pool (e.g. DM-condensed "
                                                  "images); validation still comes from the dataset's training split")
     generated: Optional[str] = Field(None, description="npz of generated images mixed into every batch")
@@ -122,9 +126,14 @@ class SelectionConfig(_Strict):
 
 
 class ValidationConfig(_Strict):
-    n: int = Field(500, ge=0, description="held-out points checked each epoch (0: no selection, keep last)")
-    steps: int = Field(10, ge=1, description="PGD steps of the per-epoch robust check")
+    """The learning curve: held-out clean and PGD robust accuracy after every epoch (and every
+    `every_grad_evals` training passes), logged with the cumulative compute; chooses the best checkpoint."""
+    n: int = Field(2000, ge=0, description="held-out points checked each epoch (0: no curve, no selection, keep last)")
+    steps: int = Field(20, ge=1, description="PGD steps of the per-epoch robust check")
     select: Literal["robust", "clean", "last"] = "robust"
+    every_grad_evals: Optional[int] = Field(
+        None, ge=1, description="also add a curve point each time the training grad evals cross a multiple of this "
+                                "(mid-epoch points are logged, never chosen as the best checkpoint)")
 
 
 class EvalConfig(_Strict):
@@ -252,7 +261,10 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def validate_config(raw: dict, source: str = "<dict>", *, lenient: bool = False) -> RunConfig:
-    """lenient: settings the run would ignore only warn (re-reading an existing run's config)."""
+    """lenient: settings the run would ignore only warn (re-reading an existing run's config); a run
+    written before `data.val_seed` existed keeps its split (val_seed null: the run's own seed)."""
+    if lenient and isinstance(raw.get("data"), dict) and "val_seed" not in raw["data"]:
+        raw = {**raw, "data": {**raw["data"], "val_seed": None}}
     try:
         return RunConfig.model_validate(raw, context={"lenient": lenient})
     except ValidationError as e:

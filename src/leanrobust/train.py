@@ -108,8 +108,10 @@ class Trainer:
         self.model = build_from_spec(self.spec).to(self.device)
         if cfg.channels_last:  # NHWC: faster cuDNN kernels on CUDA; on the CPU 1.03x for SmallCNN PGD-AT (noise-level)
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.counter = PassCounter()
+        self.counter = PassCounter()  # the method's cost: training, scoring and selection passes
         self.counter.attach(self.model)
+        self.val_counter = PassCounter(active=False)  # the curve's cost, kept apart so it can be left out
+        self.val_counter.attach(self.model)
         self.pool = self.data.pool.to(self.device)
         self.val = self.data.val.to(self.device)
         self.crop_pad = cfg.data.crop_pad if cfg.data.crop_pad is not None else info.crop_pad
@@ -122,9 +124,13 @@ class Trainer:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
                                          nesterov=o.nesterov and o.momentum > 0, weight_decay=o.weight_decay)
         self.ema = EMA(self.model, o.ema_tau) if o.ema_tau else None
+        if self.ema:
+            self.val_counter.attach(self.ema.model)
         self.epoch = 0  # completed epochs
         self.iteration = 0
         self.train_seconds = 0.0
+        self.val_seconds = 0.0  # wall time of the curve points (not in train_seconds)
+        self._epoch_t0 = self._epoch_val_seconds = 0.0
         self.samples_seen = 0
         self.best_metric = -1.0
         self.best_epoch = -1
@@ -169,6 +175,8 @@ class Trainer:
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{o.epochs}", disable=not cfg.progress or self.rank != 0,
                    unit="batch", leave=False, dynamic_ncols=True)
         obj = cfg.objective
+        every = cfg.validation.every_grad_evals
+        bucket = self.counter.grad_evals // every if every else 0
         for i, positions in enumerate(bar):
             x, y, eps, w = self.batch(positions, gen)
             lr = o.lr * lr_factor(o, epoch, i, len(self.sampler))
@@ -193,9 +201,13 @@ class Trainer:
             if bar.n % 10 == 0:
                 dt = time.perf_counter() - t0
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", img_s=f"{seen / max(dt, 1e-9):.0f}", refresh=False)
+            if every and self.counter.grad_evals // every > bucket and i + 1 < len(self.sampler):
+                bucket = self.counter.grad_evals // every
+                self.log_metrics({"epoch": epoch + (i + 1) / len(self.sampler), "point": "mid",
+                                  **self.curve_point(seconds_in_epoch=time.perf_counter() - self._epoch_t0)})
         if self.cuda:
             torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
+        dt = time.perf_counter() - t0 - self._epoch_val_seconds
         return EpochStats(loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seen, dt)
 
     # ----- validation and checkpoints ------------------------------------------------------
@@ -203,12 +215,19 @@ class Trainer:
         return self.ema.model if self.ema else self.model
 
     def validate(self) -> dict:
+        """Clean and PGD robust accuracy on the first validation.n held-out points. Neither the global RNG
+        nor the training pass count is touched: a mid-epoch point leaves the training run as it was."""
         n = min(self.cfg.validation.n, len(self.val))
         if n == 0:
             return {}
+        with torch.random.fork_rng(devices=[self.device] if self.cuda else []), self.counter.paused(), \
+                self.val_counter.counting():
+            torch.manual_seed(self.cfg.seed + 17)  # same random starts every epoch
+            return self._validate(n)
+
+    def _validate(self, n: int) -> dict:
         model = self.eval_model()
         x, y = to_float(self.val.images[:n]), self.val.labels[:n]
-        torch.manual_seed(self.cfg.seed + 17)  # same random starts every epoch
         clean = rob = 0
         bs = self.cfg.eval.batch_size
         for i in range(0, n, bs):
@@ -219,12 +238,32 @@ class Trainer:
             xa = pgd(model, xb, yb, self.cfg.objective.eps, steps=self.cfg.validation.steps, norm=self.cfg.objective.norm)
             with torch.no_grad(), eval_mode(model):
                 rob += (ok & (model(xa).argmax(1) == yb)).sum().item()  # robust: correct on x and x_adv
-        return {"val_clean": clean / n, "val_robust": rob / n}
+        return {"val_clean": clean / n, "val_robust": rob / n, "val_n": n, "val_steps": self.cfg.validation.steps}
+
+    def curve_point(self, seconds_in_epoch: float = 0.0) -> dict:
+        """A point of the learning curve: held-out accuracies and the cumulative compute spent to reach them.
+        grad_evals/forward_evals/train_seconds: the method's cost (training, scoring, selection); val_*: the
+        curve's own cost, apart. seconds_in_epoch: wall time of the unfinished epoch (mid-epoch points)."""
+        t0 = time.perf_counter()
+        val = self.validate()
+        dt = time.perf_counter() - t0
+        self.val_seconds += dt
+        self._epoch_val_seconds += dt
+        train_s = self.train_seconds + max(seconds_in_epoch - (self._epoch_val_seconds - dt), 0.0)
+        return {**val, "grad_evals": self.counter.grad_evals, "forward_evals": self.counter.forward_evals,
+                "grad_evals_version": self.counter.version, "train_seconds": train_s,
+                "val_grad_evals": self.val_counter.grad_evals, "val_forward_evals": self.val_counter.forward_evals,
+                "val_seconds": self.val_seconds}
+
+    def log_metrics(self, row: dict) -> None:
+        with open(self.dir / METRICS, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
     def checkpoint_state(self) -> dict:
         return {"version": __version__, "epoch": self.epoch, "iteration": self.iteration,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "ema": self.ema.state_dict() if self.ema else None, "counter": self.counter.state_dict(),
+                "val_counter": self.val_counter.state_dict(), "val_seconds": self.val_seconds,
                 "train_seconds": self.train_seconds, "samples_seen": self.samples_seen,
                 "best_metric": self.best_metric, "best_epoch": self.best_epoch,
                 "selection": {"indices": self.selection.indices, "weight": self.selection.weight,
@@ -237,6 +276,8 @@ class Trainer:
         if self.ema and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         self.counter.load_state_dict(state["counter"])
+        self.val_counter.load_state_dict(state.get("val_counter", {}))  # checkpoints before the curve: from 0
+        self.val_seconds = float(state.get("val_seconds", 0.0))
         for k in ("epoch", "iteration", "samples_seen", "best_epoch"):
             setattr(self, k, int(state[k]))
         self.train_seconds = float(state["train_seconds"])
@@ -288,7 +329,7 @@ class Trainer:
             if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
                 return None
             e = self.epoch
-            t0 = time.perf_counter()
+            self._epoch_t0, self._epoch_val_seconds = time.perf_counter(), 0.0
             if self.on_epoch_start:
                 new = self.on_epoch_start(self, e)
                 if new is not None:
@@ -296,13 +337,15 @@ class Trainer:
             stats = self.train_epoch(e)
             self.epoch += 1
             self.samples_seen += stats.samples
-            self.train_seconds += time.perf_counter() - t0  # selection/scoring time included
-            with self.counter.paused():
-                val = self.validate()
+            # selection/scoring time included, mid-epoch curve points not
+            self.train_seconds += time.perf_counter() - self._epoch_t0 - self._epoch_val_seconds
+            self._epoch_t0 = time.perf_counter()
+            self._epoch_val_seconds = 0.0
+            point = self.curve_point()
+            val = {k: point[k] for k in ("val_clean", "val_robust") if k in point}
             row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": stats.loss,
                    "train_acc": stats.adv_acc, "images_per_s": stats.samples / max(stats.seconds, 1e-9),
-                   "epoch_seconds": stats.seconds, "train_seconds": self.train_seconds,
-                   "samples_seen": self.samples_seen, **self.counter.state_dict(), **val}
+                   "epoch_seconds": stats.seconds, "samples_seen": self.samples_seen, **point}
             metric = {"robust": val.get("val_robust"), "clean": val.get("val_clean")}.get(cfg.validation.select)
             if cfg.validation.select == "last" or metric is None or metric > self.best_metric:
                 self.best_metric = -1.0 if metric is None else metric
@@ -310,8 +353,7 @@ class Trainer:
                 # staged: promoted to BEST only once the checkpoint naming this epoch is on disk
                 save_weights(self.dir / BEST_NEXT, self.eval_model(), {**self._metadata(), "epoch": str(self.epoch)})
             row["best_epoch"] = self.best_epoch
-            with open(self.dir / METRICS, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            self.log_metrics(row)
             save_checkpoint(ckpt, self.checkpoint_state())
             self._settle_best()
             if cfg.progress and self.rank == 0:
@@ -339,6 +381,8 @@ class Trainer:
                    "train_seconds": self.train_seconds, "samples_seen": self.samples_seen,
                    "grad_evals": self.counter.grad_evals, "forward_evals": self.counter.forward_evals,
                    "grad_evals_version": self.counter.version,  # 1 if part of the run counted the old way
+                   "val_grad_evals": self.val_counter.grad_evals, "val_forward_evals": self.val_counter.forward_evals,
+                   "val_seconds": self.val_seconds,
                    "n_train": len(self.selection), "n_pool": len(self.pool), "n_real": self.data.n_real,
                    "best_epoch": self.best_epoch, "epochs": self.epoch, "device": str(self.device),
                    "torch": torch.__version__, "leanrobust": __version__, "config": cfg.model_dump(mode="json")}

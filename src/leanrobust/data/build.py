@@ -58,11 +58,18 @@ def build_training_data(cfg: DataConfig, seed: int) -> TrainingData:
     images, labels = _load_split(cfg, "train")
     info = data_info(cfg, images)
     real = Pool(images, labels, torch.zeros(labels.numel(), dtype=torch.uint8), info.num_classes)
-    if cfg.train_subset is not None and cfg.train_subset + cfg.val_size < len(real):
-        real = split_validation(real, cfg.train_subset + cfg.val_size, seed)[1]  # a stratified random subset
-    train, val = split_validation(real, cfg.val_size, seed)
+    if cfg.val_seed is None:  # runs written before val_seed: subset first, then the split, both from the run's seed
+        if cfg.train_subset is not None and cfg.train_subset + cfg.val_size < len(real):
+            real = split_validation(real, cfg.train_subset + cfg.val_size, seed)[1]  # a stratified random subset
+        train, val = split_validation(real, cfg.val_size, seed)
+        val_order_seed = int(seed) + 1
+    else:  # the held-out set depends on the dataset and val_seed only: one curve set for every run and seed
+        train, val = split_validation(real, cfg.val_size, cfg.val_seed)
+        if cfg.train_subset is not None and cfg.train_subset < len(train):
+            train = split_validation(train, cfg.train_subset, seed)[1]  # a stratified random subset of the rest
+        val_order_seed = int(cfg.val_seed) + 1
     # validation uses its first validation.n points: a seeded random order, not the dataset's (which may be sorted)
-    val = val.subset(torch.randperm(len(val), generator=torch.Generator().manual_seed(int(seed) + 1)).to(val.device))
+    val = val.subset(torch.randperm(len(val), generator=torch.Generator().manual_seed(val_order_seed)).to(val.device))
     if cfg.pool:
         p_images, p_labels = load_npz(cfg.pool, num_classes=info.num_classes)
         _check_shape(p_images, info, cfg.pool)
