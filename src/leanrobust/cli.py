@@ -64,7 +64,8 @@ def eval_file_name(res: dict, attacks: list[str], aa_version: str, seed: int) ->
 
 @app.command("eval")
 def eval_(run_dir: Path = typer.Argument(..., help="run directory or model.safetensors"),
-          attacks: str = typer.Option("pgd20,cw20,autoattack", help="comma list: pgdK, cwK, autoattack"),
+          attacks: str = typer.Option("pgd20,cw20,pgd20x10,autoattack",
+                                      help="comma list: pgdK, cwK, pgdKxS (CE on logits x S), autoattack"),
           n: Optional[int] = typer.Option(None, "--n", min=1, help="test points (default: all)"),
           eps: Optional[float] = typer.Option(None, help="radius (default: the run's)"),
           norm: Optional[str] = typer.Option(None, help="linf or l2 (default: the run's)"),
@@ -133,6 +134,18 @@ def _print_accuracies(res: dict) -> None:
     for k, v in res["robust_acc"].items():
         extra = f"  (n={res.get('autoattack_n')}, {res.get('autoattack_version')})" if k == "autoattack" else ""
         typer.echo(f"robust {k:<12} {100 * v:6.2f}%{extra}")
+    masking = res.get("masking")
+    if masking and masking.get("flag"):
+        for reason in masking["reasons"]:
+            typer.secho(f"WARNING likely gradient masking: {reason}", fg=typer.colors.YELLOW)
+    elif masking:
+        from .masking import attack_label
+
+        gaps = list(masking.get("gaps", {}).values())
+        typer.echo("masking check: no flag (" + ", ".join(
+            f"{attack_label(g['reference'])} - {attack_label(g['attack'], g.get('autoattack_version', 'standard'))} "
+            f"{100 * g['gap']:+.1f} <= {100 * g['threshold']:.1f} points" for g in gaps) + ")" if gaps else
+            "masking check: nothing to compare (needs pgdK and one of cwK, pgdKxS, autoattack)")
 
 
 def _print_summary(summary: Optional[dict], run_dir: Path) -> None:
@@ -147,11 +160,12 @@ def _print_summary(summary: Optional[dict], run_dir: Path) -> None:
 
 def _register_commands() -> None:
     """Method-specific commands live beside their methods, one module per area."""
-    from . import cli_compress, cli_proxy, cli_selection
+    from . import cli_compress, cli_proxy, cli_selection, cli_speedup
 
     cli_selection.register(app)
     cli_compress.register(app)
     cli_proxy.register(app)
+    cli_speedup.register(app)
 
 
 _register_commands()

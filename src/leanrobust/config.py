@@ -138,12 +138,25 @@ class ValidationConfig(_Strict):
 
 class EvalConfig(_Strict):
     n: Optional[int] = Field(None, ge=1, description="test points (None: the whole test set)")
-    attacks: list[str] = Field(default_factory=lambda: ["pgd20", "cw20", "autoattack"])
+    attacks: list[str] = Field(default_factory=lambda: ["pgd20", "cw20", "pgd20x10", "autoattack"],
+                               description="pgdK, cwK, pgdKxS (CE on logits x S: a gradient-masking check), autoattack")
     autoattack_n: Optional[int] = Field(None, ge=1, description="test points for AutoAttack (None: same as n)")
     autoattack_version: Literal["standard", "fast"] = Field(
         "standard", description="standard: APGD-CE, APGD-T, FAB-T, Square; fast: APGD-CE + APGD-T (its robust "
                                 "accuracy is an upper bound on the standard version's)")
     batch_size: int = Field(500, ge=1)
+
+    @field_validator("attacks")
+    @classmethod
+    def _known_attacks(cls, v: list[str]) -> list[str]:
+        """An unknown attack name is an error now, not after all of training."""
+        from .masking import ATTACK_RE  # torch-free: the names evaluate.parse_attacks accepts
+
+        bad = [a for a in v if a.strip().lower() != "autoattack" and not ATTACK_RE.match(a.strip().lower())]
+        if bad:
+            raise ValueError(f"unknown attack(s) {bad}: use pgdK, cwK (K steps, e.g. pgd20, cw20), pgdKxS "
+                             "(CE on logits x S, e.g. pgd20x10) or autoattack")
+        return v
 
 
 class RunConfig(_Strict):

@@ -1,9 +1,9 @@
 """Test-set evaluation: clean accuracy and robust accuracy per attack (PGD-k, CW-k on the
-margin loss, and the reference AutoAttack through pyautoattack), on the same points."""
+margin loss, PGD-k on logits times S, and the reference AutoAttack through pyautoattack), on the
+same points, with gradient-masking flags (masking.py) from the gaps between them."""
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from pathlib import Path
 
@@ -13,21 +13,35 @@ from tqdm.auto import tqdm
 
 from .attacks import autoattack, pgd
 from .attacks.common import channels_last, eval_mode
+from .masking import ATTACK_RE, masking_flags  # ATTACK_RE: pgdK / cwK / pgdKxS (K steps, logits x S)
 
-ATTACK_RE = re.compile(r"^(pgd|cw)(\d+)$")  # pgdK / cwK: K steps
 AA_VERSIONS = {"standard": None, "fast": ["apgd-ce", "apgd-t"]}
 
 
 def parse_attacks(names: list[str] | str) -> list[str]:
-    """Validate attack names: pgdK, cwK (K steps) and autoattack."""
+    """Validate attack names: pgdK, cwK (K steps), pgdKxS (CE on logits x S) and autoattack."""
     if isinstance(names, str):
         names = [n for n in names.split(",") if n.strip()]
     out = []
     for n in (s.strip().lower() for s in names):
-        if n != "autoattack" and not ATTACK_RE.match(n):
-            raise ValueError(f"unknown attack {n!r}: use pgdK, cwK (K = steps, e.g. pgd20, cw20) or autoattack")
+        m = ATTACK_RE.match(n)
+        if n != "autoattack" and (not m or m.group(3) is not None and int(m.group(3)) == 0):
+            raise ValueError(f"unknown attack {n!r}: use pgdK, cwK (K = steps, e.g. pgd20, cw20), pgdKxS "
+                             "(PGD-K with cross-entropy on the logits times S >= 1, e.g. pgd20x10) or autoattack")
         out.append(n)
     return out
+
+
+class ScaledLogits(nn.Module):
+    """The model with its logits times `scale`: same predictions, a CE attack that is not blunted by
+    compressed logits (Hitaj et al. 2021)."""
+
+    def __init__(self, model: nn.Module, scale: float):
+        super().__init__()
+        self.model, self.scale = model, float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) * self.scale
 
 
 @torch.no_grad()
@@ -45,7 +59,8 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                    autoattack_version: str = "standard", batch_size: int = 500, device: torch.device | str = "cpu",
                    seed: int = 0, state_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Accuracies on the first n test points (the first autoattack_n for AutoAttack).
-    Returns {"clean_acc", "robust_acc": {attack: acc}, "n", "autoattack_n", "eval_seconds"}."""
+    Returns {"clean_acc", "robust_acc": {attack: acc}, "n", "autoattack_n", "eval_seconds", "masking"}
+    (masking: masking.masking_flags on the attacks that ran)."""
     device = torch.device(device)
     attacks = parse_attacks(attacks)
     n = len(labels) if n is None else min(n, len(labels))
@@ -55,6 +70,7 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
         t0 = time.perf_counter()
         result: dict = {"n": n, "eps": eps, "norm": norm, "robust_acc": {}}
         clean_correct = predict(model, x, batch_size, device) == y
+        robust_pts: dict[str, torch.Tensor] = {}  # attack -> per point: correct clean and attacked
         result["clean_acc"] = clean_correct.float().mean().item()
         for name in attacks:
             if name == "autoattack":
@@ -65,18 +81,26 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                                  attacks=AA_VERSIONS[autoattack_version], seed=seed, batch_size=batch_size,
                                  state_path=state, device=device, progress=progress)
                 result["robust_acc"]["autoattack"] = float(res.accuracy)
+                robust_pts["autoattack"] = res.robust.cpu()
                 result["autoattack_n"] = m
                 result["autoattack_version"] = autoattack_version
                 continue
-            kind, steps = ATTACK_RE.match(name).groups()
+            kind, steps, scale = ATTACK_RE.match(name).groups()
+            attacked = ScaledLogits(model, int(scale)) if scale else model  # predictions: the model's own
             torch.manual_seed(seed)
             correct = []
             for i in tqdm(range(0, n, batch_size), desc=f"eval {name}", disable=not progress, leave=False):
                 xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-                xa = pgd(model, xb, yb, eps, steps=int(steps), norm=norm, loss="ce" if kind == "pgd" else "cw")
+                xa = pgd(attacked, xb, yb, eps, steps=int(steps), norm=norm, loss="ce" if kind == "pgd" else "cw")
                 with torch.no_grad(), eval_mode(model):
                     correct.append((model(xa).argmax(1) == yb).cpu())
             # robust = correct on x and on x_adv (as AutoAttack counts): a misclassified point is not robust
-            result["robust_acc"][name] = (torch.cat(correct) & clean_correct.cpu()).float().mean().item()
+            robust_pts[name] = torch.cat(correct) & clean_correct.cpu()
+            result["robust_acc"][name] = robust_pts[name].float().mean().item()
+        m = result.get("autoattack_n")
+        result["masking"] = masking_flags(
+            result["robust_acc"], n, autoattack_n=m, autoattack_version=autoattack_version,
+            on_autoattack_points=None if m is None else {k: v[:m].float().mean().item()
+                                                         for k, v in robust_pts.items() if k != "autoattack"})
         result["eval_seconds"] = time.perf_counter() - t0
     return result

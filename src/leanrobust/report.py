@@ -2,7 +2,8 @@
 (clean vs robust accuracy, and robust accuracy vs training cost), read from run directories.
 
 Each run contributes its summary.json and any `leanrobust eval` results (eval_*.json) at the
-run's own threat model; for every attack the evaluation on the most test points is kept."""
+run's own threat model; for every attack the evaluation on the most test points is kept, and each
+row carries its gradient-masking flag (masking.py)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from typing import Optional
 
 from .evaluate import ATTACK_RE
 from .io import write_json, write_text
+from .masking import masking_flags, merge_masking, short_flag
 from .train import CHECKPOINT, CONFIG, SUMMARY
 
 FAST_AA = "autoattack_fast"  # APGD-CE + APGD-T only: an upper bound on standard AutoAttack's accuracy
@@ -20,7 +22,8 @@ FAST_AA = "autoattack_fast"  # APGD-CE + APGD-T only: an upper bound on standard
 
 @dataclass
 class RunRecord:
-    """One finished run as the report sees it. robust: attack -> (accuracy, test points)."""
+    """One finished run as the report sees it. robust: attack -> (accuracy, test points); masking:
+    masking.merge_masking over its evaluations."""
 
     name: str
     path: str
@@ -35,6 +38,7 @@ class RunRecord:
     n: int
     robust: dict[str, tuple[float, int]] = field(default_factory=dict)
     device: str = ""
+    masking: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -151,20 +155,44 @@ def read_run(run_dir: str | Path) -> RunRecord:
     return RunRecord(name=run_dir.name, path=str(run_dir), objective=obj.get("name", "?"), data=describe_data(cfg),
                      norm=norm, eps=eps, n_train=int(s.get("n_train", 0)), train_seconds=float(s.get("train_seconds", 0)),
                      grad_evals=int(s.get("grad_evals", 0)), clean_acc=float(clean), n=n, robust=robust,
-                     device=str(s.get("device", "")))
+                     device=str(s.get("device", "")), masking=_masking(evals, robust, n))
+
+
+def _masking(evals: list[dict], robust: dict[str, tuple[float, int]], n: int) -> dict:
+    """Each evaluation's own flag (computed from its accuracies when an older file lacks it), and the
+    comparisons across evaluations (e.g. PGD-20 in summary.json vs a later AutoAttack); per comparison
+    the one on the most test points wins."""
+    per_eval = [ev["masking"] if isinstance(ev.get("masking"), dict) else
+                masking_flags(ev.get("robust_acc", {}), int(ev["n"]), autoattack_n=ev.get("autoattack_n"),
+                              autoattack_version=ev.get("autoattack_version", "standard")) for ev in evals]
+    accs = {k: v for k, v in robust.items() if k not in ("autoattack", FAST_AA)}
+    aa = robust.get("autoattack") or robust.get(FAST_AA)  # fast AutoAttack only when the standard one is absent
+    if aa:
+        accs["autoattack"] = aa
+    merged = masking_flags({k: a for k, (a, _) in accs.items()}, n, points={k: p for k, (_, p) in accs.items()},
+                           autoattack_version="standard" if "autoattack" in robust else "fast")
+    return merge_masking(per_eval + [merged])
 
 
 def _attack_order(name: str) -> tuple:
+    """pgdK, cwK, pgdKxS (a diagnostic), fast AutoAttack, AutoAttack, then anything else."""
     m = ATTACK_RE.match(name)
     if m:
-        return (0 if m.group(1) == "pgd" else 1, int(m.group(2)), name)
-    return (2 if name == FAST_AA else 3 if name == "autoattack" else 4, 0, name)
+        return (2 if m.group(3) else 0 if m.group(1) == "pgd" else 1, int(m.group(2)), int(m.group(3) or 0), name)
+    return (3 if name == FAST_AA else 4 if name == "autoattack" else 5, 0, 0, name)
+
+
+def is_diagnostic(name: str) -> bool:
+    """pgdKxS (CE on scaled logits) checks for gradient masking; it never ranks runs unless asked to."""
+    m = ATTACK_RE.match(name)
+    return bool(m and m.group(3))
 
 
 def default_attack(records: list[RunRecord]) -> str:
     """Standard AutoAttack when every run has it, then the fast version; otherwise the attack every
-    run has with the lowest mean accuracy (the empirically strongest)."""
+    run has with the lowest mean accuracy (the empirically strongest), never a pgdKxS diagnostic."""
     common = set.intersection(*(set(r.robust) for r in records)) if records else set()
+    common = {a for a in common if not is_diagnostic(a)}
     if not common:
         raise ValueError("no attack was evaluated on every run; pick one with --attack "
                          f"(evaluated: {sorted(set().union(*(r.robust for r in records)), key=_attack_order)})")
@@ -222,10 +250,13 @@ def to_markdown(rep: Report) -> str:
                   "their robust accuracies are not comparable; the front is drawn per threat model.", ""]
     lines += ["Accuracies in %; a number in brackets is the count of test points when it differs from the clean "
               f"column's. front: on the clean / {rep.attack} Pareto front. {FAST_AA}: APGD-CE + APGD-T only (an upper "
-              "bound on standard AutoAttack's accuracy).", "",
+              "bound on standard AutoAttack's accuracy). pgdKxS: PGD-K with cross-entropy on the logits times S. "
+              "masking: ⚠ with the gap in points where an attack falls far below PGD-CE (likely gradient masking: "
+              "PGD-CE overstates robustness; threshold max(3 points, 3 SE) for CW and scaled CE, max(6, 3 SE) "
+              "for AutoAttack), empty when no gap is flagged, - when nothing could be compared.", "",
               "| run | objective | data | threat | n_train | clean (n) | " + " | ".join(attacks)
-              + " | train s | grad evals | device | front |",
-              "|---" * (10 + len(attacks)) + "|"]
+              + " | masking | train s | grad evals | device | front |",
+              "|---" * (11 + len(attacks)) + "|"]
     for r in rep.records:
         cells = []
         for a in attacks:
@@ -235,7 +266,7 @@ def to_markdown(rep: Report) -> str:
             acc, pts = r.robust[a]
             cells.append(_pct(acc) + ("" if pts == r.n else f" ({pts})"))
         lines.append(f"| {r.name} | {r.objective} | {r.data} | {r.norm} {r.eps:g} | {r.n_train} | "
-                     f"{_pct(r.clean_acc)} ({r.n}) | " + " | ".join(cells)
+                     f"{_pct(r.clean_acc)} ({r.n}) | " + " | ".join(cells) + f" | {short_flag(r.masking)}"
                      + f" | {r.train_seconds:.0f} | {r.grad_evals:,} | {r.device} | {'*' if r.name in rep.front else ''} |")
     if rep.skipped:
         lines += ["", "Not in the table:"] + [f"- {k}: {v}" for k, v in rep.skipped.items()]
