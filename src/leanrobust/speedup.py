@@ -199,9 +199,17 @@ def _ratio(base: list, group: list, boot: int, seed: int):
 def build_speedup(paths: list[str | Path], baseline: str, *, target: Optional[float] = None,
                   drop: Optional[float] = None, metric: str = "val_robust", boot: int = 10000,
                   seed: int = 0) -> Speedup:
+    """Every group's compute to target and speed-up over `baseline`, from run directories (see
+    speedup_from_curves)."""
+    return speedup_from_curves(load_curves(paths, metric), baseline, target=target, drop=drop, metric=metric,
+                               boot=boot, seed=seed)
+
+
+def speedup_from_curves(curves: list[Curve], baseline: str, *, target: Optional[float] = None,
+                        drop: Optional[float] = None, metric: str = "val_robust", boot: int = 10000,
+                        seed: int = 0) -> Speedup:
     """Every group's compute to target and speed-up over `baseline`. Default target: the mean over the
     baseline's seeds of each seed's best metric, minus `drop` points (default 1; 1 point = 0.01)."""
-    curves = load_curves(paths, metric)
     names = sorted({c.name for c in curves})
     if not names:
         raise ValueError("no runs found: give run directories or folders holding them")
