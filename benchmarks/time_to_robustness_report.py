@@ -14,13 +14,16 @@ TABLE = "time_to_robustness"
 FAMILIES = {"pgd_at": "PGD-AT", "trades": "TRADES", "mart": "MART"}  # baseline group prefix -> label
 
 
-def curve_of(row: dict, offset: int = 0) -> Curve:
-    """The row's learning curve as a speedup.Curve; offset: compute spent before training (scoring with a
-    pretrained model) added to every point, so it counts toward the row's cost."""
+def curve_of(row: dict) -> Curve:
+    """The row's learning curve as a speedup.Curve, with the compute spent before training (scoring with a
+    pretrained model: info.scoring_grad_evals / scoring_seconds) added to every point: it is the row's cost."""
     pts = row.get("curve") or []
+    info = row.get("info") or {}
+    g0, s0 = int(info.get("scoring_grad_evals", 0)), float(info.get("scoring_seconds", 0.0))
     return Curve(path=row["name"], name=row["group"], seed=int(row["seed"]), finished=True,
-                 epoch=[p["epoch"] for p in pts], grad_evals=[int(p["grad_evals"]) + offset for p in pts],
-                 seconds=[p.get("train_seconds") for p in pts], value=[float(p["val_robust"]) for p in pts],
+                 epoch=[p["epoch"] for p in pts], grad_evals=[int(p["grad_evals"]) + g0 for p in pts],
+                 seconds=[None if p.get("train_seconds") is None else p["train_seconds"] + s0 for p in pts],
+                 value=[float(p["val_robust"]) for p in pts],
                  val_n=pts[0].get("val_n") if pts else None)
 
 
@@ -68,7 +71,7 @@ def family_speedups(done: list[dict], epochs: int) -> dict[str, Speedup]:
         base = f"{fam}_e{epochs}"
         rows = [r for r in done if family(r) == fam and r.get("curve")]
         if any(r["group"] == base for r in rows):
-            curves = [curve_of(r, int(r.get("info", {}).get("scoring_grad_evals", 0))) for r in rows]
+            curves = [curve_of(r) for r in rows]
             out[fam] = speedup_from_curves(curves, base)
     return out
 
@@ -108,11 +111,10 @@ def verdict_rows(done: list[dict], sp: dict[str, Speedup], epochs: int) -> list[
     need = missing([f"trades_e{epochs}", f"mart_e{epochs}"]) + ([] if li else ["the li stage"])
     out.append(("Li et al.: adaptive re-selection (+ Bullet-Train) trains 2-3.4x (up to 5.7x) faster at similar "
                 "robust accuracy (TRADES, MART)", *_li_measure(sp, need)))
-    need = missing([f"pgd_at_e{epochs}", "random_30", "random_50", "random_70"]) + \
-        ([] if any(n.startswith("puma") for n in g) else ["the margin stage"])
+    need = missing([f"pgd_at_e{epochs}"] + [f"{m}_{k}" for k in (30, 50, 70) for m in ("random", "puma")])
     out.append(("PUMA (real data only): pruning the highest-margin samples with lowered eps on the lowest keeps "
-                "robustness with less data, better than random pruning at the same kept share", "-",
-                "undecided", "rows not run yet: " + ", ".join(need) if need else "see the table below"))
+                "robustness with less data, better than random pruning at the same kept share",
+                *_puma_measure(g, need)))
     need = missing([f"pgd_at_e{epochs}", "gair_at", "gair_trades", "mail_at"])
     out.append(("GAIRAT: reweighting by kappa raises robust accuracy over plain AT (+5.9 PGD-20 points on CIFAR-10); "
                 "MAIL fixes its AutoAttack weakness", *_reweight_measure(g, epochs, need)))
@@ -141,6 +143,25 @@ def _li_measure(sp: dict[str, Speedup], need: list[str]) -> tuple[str, str, str]
     return meas, "undecided", "the CI spans 2x" if ci else "one seed: no CI"
 
 
+def _puma_measure(g: dict, need: list[str]) -> tuple[str, str, str]:
+    """PUMA minus random pruning, test PGD-20 on 10000 points, at each kept share (95% CI of a difference of
+    two binomials); AutoAttack decides later."""
+    if need:
+        return "-", "undecided", "rows not run yet: " + ", ".join(need)
+    diffs = []
+    for k in (30, 50, 70):
+        p = _mean([r["robust_acc"]["pgd20"] for r in g[f"puma_{k}"]])
+        q = _mean([r["robust_acc"]["pgd20"] for r in g[f"random_{k}"]])
+        half = math.hypot(binom_ci(p, 10000), binom_ci(q, 10000))
+        diffs.append((k, 100 * (p - q), half))
+    meas = "; ".join(f"{k}% kept: {d:+.2f} ± {h:.2f}" for k, d, h in diffs)
+    if all(d < -h for _, d, h in diffs):
+        return meas, "not reproduced", "PUMA is below random pruning at every kept share (PGD-20)"
+    if any(d > h for _, d, h in diffs):
+        return meas, "undecided", "above random at some kept share under PGD-20; AutoAttack still to run"
+    return meas, "undecided", "no significant difference under PGD-20; AutoAttack still to run"
+
+
 def _reweight_measure(g: dict, epochs: int, need: list[str]) -> tuple[str, str, str]:
     if need:
         return "-", "undecided", "rows not run yet: " + ", ".join(need)
@@ -150,6 +171,35 @@ def _reweight_measure(g: dict, epochs: int, need: list[str]) -> tuple[str, str, 
     meas = f"GAIR-AT - PGD-AT test PGD-20: {100 * d:+.2f} points (±{binom_ci(0.7, 10000) * math.sqrt(2):.2f})" + \
         (f"; masking flagged: {', '.join(masked)}" if masked else "")
     return meas, "undecided", "AutoAttack on the rows is still to run (the claim is decided under AutoAttack)"
+
+
+def schedule_reference(s: Speedup, fam: str) -> list[str]:
+    """Full data on a shorter schedule is the baseline a pruned row must beat at equal compute."""
+    full = [g for g in s.groups if g.name.startswith(f"{fam}_e") and g.grad_evals is not None]
+    if not full:
+        return []
+    cheapest = min(full, key=lambda g: g.grad_evals)
+    beat = [g.name for g in s.groups if not g.name.startswith(f"{fam}_e") and g.grad_evals is not None
+            and g.grad_evals < cheapest.grad_evals]
+    return ["", f"Cheapest full-data schedule to reach the target: {cheapest.name}, {cheapest.grad_evals:,.0f} grad "
+                f"evals. Rows that reach it with less compute: {', '.join(beat) or 'none'}."]
+
+
+def margin_table(done: list[dict]) -> list[str]:
+    rows = [r for r in done if r.get("stage") == "margin"]
+    if not rows:
+        return []
+    lines = ["", "## Margin rows: what was kept", "",
+             "| row | kept | misclassified share kept (pool) | lowered eps | median margin kept | scoring grad evals |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        i = r["info"]
+        lines.append(f"| {r['group']} | {i['kept']:,} | {100 * i['misclassified_kept_share']:.1f}% "
+                     f"({100 * i['misclassified_pool_share']:.1f}%) | {i['lowered_eps']:,} | {i['median_margin_kept']:.4f} | "
+                     f"{i['scoring_grad_evals']:,} |")
+    lines.append(f"\nScoring model: {rows[0]['info']['scoring_model']} (its training is a one-off cost, not counted in "
+                 "the rows; its DeepFool passes are).")
+    return lines
 
 
 def speedup_table(s: Speedup) -> list[str]:
@@ -194,9 +244,10 @@ def write_report(all_rows: list[dict], epochs: Optional[int] = None) -> Path:
              "| claim | our measurement | verdict | reason |", "|---|---|---|---|"]
     lines += [f"| {c} | {m} | {v} | {why} |" for c, m, v, why in verdict_rows(done, sp, epochs)]
     for fam, s in sp.items():
-        lines += ["", f"## Compute to target: {FAMILIES[fam]} family", "", *speedup_table(s), "",
-                  f"![curves]({TABLE}_{fam}.png)"]
+        lines += ["", f"## Compute to target: {FAMILIES[fam]} family", "", *speedup_table(s),
+                  *schedule_reference(s, fam), "", f"![curves]({TABLE}_{fam}.png)"]
         plot(s, RESULTS / f"{TABLE}_{fam}.png")
+    lines += margin_table(done)
     lines += ["", "## Final test accuracies (all 10000 test points)", "",
               "One seed: ± the binomial 95% half-width; several: mean [min-max over seeds].", "",
               "| row | seeds | clean | PGD-20 | CW-20 | PGD-20 logits x10 | masking | grad evals | train s | device |",
