@@ -82,7 +82,7 @@ def rows() -> list[dict]:
         out += [{**row(f"{m}_{k}_s0", f"{m}_{k}", "margin", 0), "prepare": ("margin", m, f)}
                 for m in ("prune_low_margin", "prune_high_margin", "puma")]
     for name, ov in {"gair_at": ("objective.name=gair_at",), "gair_trades": ("objective.name=gair_trades",),
-                     "mail_at": ("objective.name=mail_at", "objective.params={bias: -0.5, slope: 10.0}")}.items():
+                     "mail_at": ("objective.name=mail_at", "objective.params={bias: -0.5, slope: 10.0, normalize: false}")}.items():
         out.append(row(f"{name}_s0", name, "reweight", 0, ov))
     return out
 
