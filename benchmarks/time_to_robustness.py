@@ -24,6 +24,8 @@ Workers claim rows through a claim file in the row's run directory, so several c
     python benchmarks/time_to_robustness.py --stage plateau [--stage baseline ...] [--only NAME ...]
     python benchmarks/time_to_robustness.py --list          # rows and their state
     python benchmarks/time_to_robustness.py --report-only   # rewrite results/time_to_robustness.md
+    python benchmarks/time_to_robustness.py --gpu ...       # the CIFAR-10 size (PreActResNet-18, 100 epochs,
+                                                            # re-selection every 20): time_to_robustness_cifar10.*
 """
 from __future__ import annotations
 
@@ -32,37 +34,70 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import RESULTS, append_row, done_rows, run_row
 
-BASE = Path(__file__).parent / "configs" / "time_to_robustness.yaml"
-TABLE = "time_to_robustness"
-ROWS_FILE = RESULTS / f"{TABLE}.jsonl"
-MODELS = RESULTS / f"{TABLE}_models"
 RUNS = Path("runs/bench")
-EPOCHS = 15  # the full schedule (choice and evidence: the regime at the top of the results file)
 SEEDS = (0, 1, 2)
 FRACTIONS = (0.3, 0.5, 0.7)
-EVERY = 5  # Li et al. re-select every R epochs, a sizeable share of training (R / EPOCHS = 1/3)
 
 
-def row(name: str, group: str, stage: str, seed: int = 0, overrides: tuple[str, ...] = ()) -> dict:
+@dataclass(frozen=True)
+class Protocol:
+    """One size of the protocol: its base config, full schedule (epochs), Li et al.'s re-selection interval
+    R (every), the shorter full-data schedules, and its words for the results file."""
+
+    table: str
+    base: Path
+    epochs: int
+    every: int
+    schedules: tuple[int, ...]
+    regime: str
+
+    @property
+    def rows_file(self) -> Path:
+        return RESULTS / f"{self.table}.jsonl"
+
+    @property
+    def models(self) -> Path:
+        return RESULTS / f"{self.table}_models"
+
+    @property
+    def margin_model(self) -> str:
+        """Margins come from the converged full-data model, as in PUMA."""
+        return f"pgd_at_e{self.epochs}_s0"
+
+
+CONFIGS = Path(__file__).parent / "configs"
+CPU = Protocol("time_to_robustness", CONFIGS / "time_to_robustness.yaml", epochs=15, every=5,
+               schedules=(2, 3, 4, 6, 10),  # R = 5 of 15: re-selection a third of training, as R = 20 of 60-100
+               regime="Half-width SmallCNN (TRADES' MNIST net), SGD lr 0.05 cosine, batch 128, {epochs} epochs; "
+                      "PGD-10 training at Linf eps 0.1 (step 0.25 eps); all 58,000 Fashion-MNIST training images "
+                      "outside the held-out set")
+GPU = Protocol("time_to_robustness_cifar10", CONFIGS / "time_to_robustness_cifar10.yaml", epochs=100, every=20,
+               schedules=(10, 20, 30, 50),  # R = 20 as in the CORDS defaults Li et al. build on
+               regime="PreActResNet-18, SGD lr 0.1 piecewise (x0.1 at 50% and 75%), batch 128, {epochs} epochs; "
+                      "PGD-10 training at Linf eps 8/255 (step 2/255); all 48,000 CIFAR-10 training images outside "
+                      "the held-out set (GPU)")
+
+
+def row(p: Protocol, name: str, group: str, stage: str, seed: int = 0, overrides: tuple[str, ...] = ()) -> dict:
     """A row: its run is named `group` (so seeds of one method share a name for `leanrobust speedup`)."""
-    return {"name": name, "group": group, "stage": stage, "seed": seed, "config": BASE,
-            "overrides": [f"seed={seed}", *overrides]}
+    return {"name": name, "group": group, "stage": stage, "seed": seed, "config": p.base,
+            "overrides": [f"seed={seed}", f"optim.epochs={p.epochs}", *overrides]}
 
 
-def rows() -> list[dict]:
-    out = [row(f"pgd_at_e{EPOCHS}_s{s}", f"pgd_at_e{EPOCHS}", "baseline" if s else "plateau", s) for s in SEEDS]
-    out.append(row(f"pgd_at_e{2 * EPOCHS}_s0", f"pgd_at_e{2 * EPOCHS}", "plateau", 0,
-                   (f"optim.epochs={2 * EPOCHS}",)))
-    out += [row(f"pgd_at_e{e}_s0", f"pgd_at_e{e}", "schedules", 0, (f"optim.epochs={e}",)) for e in (2, 3, 4, 6, 10)]
-    out += [row(f"trades_e{EPOCHS}_s{s}", f"trades_e{EPOCHS}", "baseline", s, ("objective.name=trades",))
-            for s in SEEDS]
+def rows(p: Protocol = CPU) -> list[dict]:
+    E = p.epochs
+    out = [row(p, f"pgd_at_e{E}_s{s}", f"pgd_at_e{E}", "baseline" if s else "plateau", s) for s in SEEDS]
+    out.append(row(p, f"pgd_at_e{2 * E}_s0", f"pgd_at_e{2 * E}", "plateau", 0, (f"optim.epochs={2 * E}",)))
+    out += [row(p, f"pgd_at_e{e}_s0", f"pgd_at_e{e}", "schedules", 0, (f"optim.epochs={e}",)) for e in p.schedules]
+    out += [row(p, f"trades_e{E}_s{s}", f"trades_e{E}", "baseline", s, ("objective.name=trades",)) for s in SEEDS]
     for f in FRACTIONS:
         k = round(100 * f)
-        out += [row(f"random_{k}_s{s}", f"random_{k}", "random", s,
+        out += [row(p, f"random_{k}_s{s}", f"random_{k}", "random", s,
                     ("selection.method=random", f"selection.fraction={f}")) for s in (SEEDS if k == 50 else (0,))]
     li = {"loss": ("selection.method=loss",), "gradmatch": ("selection.method=gradmatch",),
           "gradmatch_bullet": ("selection.method=gradmatch",)}
@@ -73,25 +108,25 @@ def rows() -> list[dict]:
                 continue  # Bullet-Train is defined for PGD-AT and TRADES in this project
             for f in FRACTIONS:
                 k = round(100 * f)
-                out.append(row(f"{method}_{objective}_{k}_s0", f"{method}_{objective}_{k}", "li", 0,
-                               (f"objective.name={obj}", *ov, f"selection.fraction={f}", f"selection.every={EVERY}")))
+                out.append(row(p, f"{method}_{objective}_{k}_s0", f"{method}_{objective}_{k}", "li", 0,
+                               (f"objective.name={obj}", *ov, f"selection.fraction={f}", f"selection.every={p.every}")))
         if objective == "mart":
-            out.append(row(f"mart_e{EPOCHS}_s0", f"mart_e{EPOCHS}", "li", 0, ("objective.name=mart",)))
+            out.append(row(p, f"mart_e{E}_s0", f"mart_e{E}", "li", 0, ("objective.name=mart",)))
     for f in FRACTIONS:
         k = round(100 * f)
-        out += [{**row(f"{m}_{k}_s0", f"{m}_{k}", "margin", 0), "prepare": ("margin", m, f)}
+        out += [{**row(p, f"{m}_{k}_s0", f"{m}_{k}", "margin", 0), "prepare": (m, f)}
                 for m in ("prune_low_margin", "prune_high_margin", "puma")]
     for name, ov in {"gair_at": ("objective.name=gair_at",), "gair_trades": ("objective.name=gair_trades",),
-                     "mail_at": ("objective.name=mail_at", "objective.params={bias: -0.5, slope: 10.0, normalize: false}")}.items():
-        out.append(row(f"{name}_s0", name, "reweight", 0, ov))
+                     "mail_at": ("objective.name=mail_at",  # MAIL-AT's published command; weights not normalised
+                                 "objective.params={bias: -0.5, slope: 10.0, normalize: false}")}.items():
+        out.append(row(p, f"{name}_s0", name, "reweight", 0, ov))
     return out
 
 
-MARGIN_MODEL = f"pgd_at_e{EPOCHS}_s0"  # margins come from the converged full-data model, as in PUMA
 DEEPFOOL = {"deepfool_candidates": 3}  # the 3 top classes rank margins like all 10 (Spearman 0.99), 3x faster
 
 
-def margins() -> dict:
+def margins(p: Protocol) -> dict:
     """DeepFool (Linf) margins of every training-pool sample under the converged full-data model, with the
     passes they cost (counted by a PassCounter: each row that uses them pays them) and clean correctness.
     Cached in the runs folder; recomputed from the committed weights when missing."""
@@ -104,17 +139,18 @@ def margins() -> dict:
     from leanrobust.data.build import build_training_data
     from leanrobust.selection.scores import compute_scores, correctness
 
-    cache = RUNS / TABLE / "margins.npz"
+    cache = RUNS / p.table / "margins.npz"
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    weights = MODELS / f"{MARGIN_MODEL}.safetensors"
+    weights = p.models / f"{p.margin_model}.safetensors"
     if not weights.exists():
         raise SystemExit(f"the margin stage needs {weights}: run the plateau stage first")
-    torch.set_num_threads(1)
-    cfg = load_config(BASE)
+    cfg = load_config(p.base)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     pool = build_training_data(cfg.data, cfg.seed).pool  # no train_subset: the same pool for every seed
-    model = load(weights)
+    model = load(weights, device="cuda" if torch.cuda.is_available() else "cpu")
     counter = PassCounter()
     counter.attach(model)
     t0 = time.perf_counter()
@@ -129,7 +165,7 @@ def margins() -> dict:
     return out
 
 
-def prepare_margin(method: str, fraction: float):
+def prepare_margin(p: Protocol, method: str, fraction: float):
     """A row's `prepare`: the static selection of one margin method at one kept share, written in the row's
     folder; its info carries the scoring cost (added to the row's compute) and the share of kept samples
     the scoring model misclassifies."""
@@ -139,8 +175,10 @@ def prepare_margin(method: str, fraction: float):
         from leanrobust.selection.pruning import select_by_score
         from leanrobust.selection.puma import puma_selection
 
-        m = margins()
-        eps = 0.1
+        from leanrobust.config import load_config
+
+        m = margins(p)
+        eps = load_config(p.base).objective.eps
         if method == "puma":
             sel = puma_selection(m["margin"], m["labels"], fraction=fraction, eps=eps)
         else:
@@ -151,7 +189,7 @@ def prepare_margin(method: str, fraction: float):
         kept = sel.indices.numpy()
         return [f"data.selection={path}"], {
             "scoring_grad_evals": int(m["grad_evals"]), "scoring_seconds": float(m["seconds"]),
-            "scoring_model": MARGIN_MODEL, "misclassified_kept_share": float(1 - m["correct"][kept].mean()),
+            "scoring_model": p.margin_model, "misclassified_kept_share": float(1 - m["correct"][kept].mean()),
             "misclassified_pool_share": float(1 - m["correct"].mean()),
             "lowered_eps": int((sel.eps < eps).sum()), "kept": int(len(kept)),
             "median_margin_kept": float(np.median(m["margin"][kept]))}
@@ -209,29 +247,69 @@ def curve(run_dir: Path) -> list[dict]:
     return pts
 
 
-def run(selected: list[dict]) -> None:
+def run(p: Protocol, selected: list[dict], device: str | None = None) -> None:
     for r in selected:
-        if r["name"] in done_rows(ROWS_FILE):
+        if r["name"] in done_rows(p.rows_file):
             continue
-        row_dir = RUNS / TABLE / r["name"]
+        row_dir = RUNS / p.table / r["name"]
         if not claim(row_dir):
-            print(f"[{TABLE}] {r['name']}: another worker has it", flush=True)
+            print(f"[{p.table}] {r['name']}: another worker has it", flush=True)
             continue
         try:
-            if r["name"] in done_rows(ROWS_FILE):  # finished by another worker meanwhile
+            if r["name"] in done_rows(p.rows_file):  # finished by another worker meanwhile
                 continue
-            print(f"[{TABLE}] running {r['name']} ({time.strftime('%H:%M:%S')})", flush=True)
-            prep = prepare_margin(*r["prepare"][1:]) if r.get("prepare") else None
-            out = run_row(TABLE, r["name"], r["config"], list(r["overrides"]), runs_dir=RUNS, run_name=r["group"],
-                          prepare=prep)
+            print(f"[{p.table}] running {r['name']} ({time.strftime('%H:%M:%S')})", flush=True)
+            prep = prepare_margin(p, *r["prepare"]) if r.get("prepare") else None
+            ov = list(r["overrides"]) + ([f"device={device}"] if device else [])
+            out = run_row(p.table, r["name"], r["config"], ov, runs_dir=RUNS, run_name=r["group"], prepare=prep)
             run_dir = row_dir / "run"
-            MODELS.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run_dir / "model.safetensors", MODELS / f"{r['name']}.safetensors")
-            append_row(ROWS_FILE, {**out, "group": r["group"], "stage": r["stage"], "seed": r["seed"],
-                                   "curve": curve(run_dir)})
-            print(f"[{TABLE}] done {r['name']} ({time.strftime('%H:%M:%S')})", flush=True)
+            p.models.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run_dir / "model.safetensors", p.models / f"{r['name']}.safetensors")
+            append_row(p.rows_file, {**out, "group": r["group"], "stage": r["stage"], "seed": r["seed"],
+                                     "curve": curve(run_dir)})
+            print(f"[{p.table}] done {r['name']} ({time.strftime('%H:%M:%S')})", flush=True)
         finally:
             (row_dir / "claim").unlink(missing_ok=True)
+
+
+def autoattack_stage(p: Protocol, names: list[str], n: int, version: str, device: str | None) -> None:
+    """Standard (or fast: APGD-CE + APGD-T, an upper bound) AutoAttack on the first n test points of each named
+    row's committed weights; resumable per batch through a state file in the row's folder; one line per
+    finished (row, n, version) in results/<table>_aa.jsonl."""
+    import torch
+
+    from common import device_label, git_commit
+    from leanrobust import load
+    from leanrobust.config import load_config
+    from leanrobust.data.build import load_test_set
+    from leanrobust.evaluate import evaluate_model
+
+    out = RESULTS / f"{p.table}_aa.jsonl"
+    cfg = load_config(p.base)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    images, labels = load_test_set(cfg.data)
+    for name in names:
+        key = f"{name}@{n}:{version}"
+        if key in done_rows(out):
+            continue
+        row_dir = RUNS / p.table / name
+        if not claim(row_dir / "aa"):
+            continue
+        try:
+            model = load(p.models / f"{name}.safetensors", device=dev)
+            t0 = time.perf_counter()
+            res = evaluate_model(model, images, labels, eps=cfg.objective.eps, norm=cfg.objective.norm,
+                                 attacks=["autoattack"], n=n, autoattack_version=version, device=dev,
+                                 state_dir=row_dir / "aa", progress=False)
+            append_row(out, {"name": key, "row": name, "n": n, "version": version,
+                             "autoattack": res["robust_acc"]["autoattack"], "clean_acc": res["clean_acc"],
+                             "seconds": time.perf_counter() - t0, "device": device_label(dev), "git": git_commit(),
+                             "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+            print(f"[{p.table}] AutoAttack {key}: {100 * res['robust_acc']['autoattack']:.2f}%", flush=True)
+        finally:
+            (row_dir / "aa" / "claim").unlink(missing_ok=True)
 
 
 def main() -> None:
@@ -240,21 +318,29 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="run only these rows")
     ap.add_argument("--list", action="store_true", help="list the rows and their state")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--gpu", action="store_true", help="the CIFAR-10 size of the protocol (PreActResNet-18)")
+    ap.add_argument("--device", help="override the config's device (e.g. cuda:1)")
+    ap.add_argument("--autoattack", nargs="+", metavar="ROW", help="AutoAttack these finished rows' weights")
+    ap.add_argument("--aa-n", type=int, default=1000, help="test points for --autoattack (first n of the fixed order)")
+    ap.add_argument("--aa-version", choices=["standard", "fast"], default="standard")
     a = ap.parse_args()
-    all_rows = rows()
+    p = GPU if a.gpu else CPU
+    all_rows = rows(p)
     if a.list:
-        done = done_rows(ROWS_FILE)
+        done = done_rows(p.rows_file)
         for r in all_rows:
-            state = "done" if r["name"] in done else ("claimed" if (RUNS / TABLE / r["name"] / "claim").exists()
+            state = "done" if r["name"] in done else ("claimed" if (RUNS / p.table / r["name"] / "claim").exists()
                                                       else "-")
             print(f"{r['stage']:<10} {r['name']:<28} {state}")
         return
-    if not a.report_only:
+    if a.autoattack:
+        autoattack_stage(p, a.autoattack, a.aa_n, a.aa_version, a.device)
+    elif not a.report_only:
         selected = [r for r in all_rows if (a.stage and r["stage"] in a.stage) or (a.only and r["name"] in a.only)]
-        run(selected)
+        run(p, selected, a.device)
     from time_to_robustness_report import write_report  # the analysis: curves, speed-ups, verdicts
 
-    write_report(all_rows)
+    write_report(all_rows, p)
 
 
 if __name__ == "__main__":

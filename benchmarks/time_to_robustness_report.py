@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
 
 from common import RESULTS, done_rows
 from leanrobust.speedup import Curve, Speedup, plot, speedup_from_curves
 
-TABLE = "time_to_robustness"
 FAMILIES = {"pgd_at": "PGD-AT", "trades": "TRADES", "mart": "MART"}  # baseline group prefix -> label
 
 
@@ -166,9 +164,10 @@ def _reweight_measure(g: dict, epochs: int, need: list[str]) -> tuple[str, str, 
     if need:
         return "-", "undecided", "rows not run yet: " + ", ".join(need)
     base, gair = g[f"pgd_at_e{epochs}"], g["gair_at"]
-    d = _mean([r["robust_acc"]["pgd20"] for r in gair]) - _mean([r["robust_acc"]["pgd20"] for r in base])
+    pa, pb = _mean([r["robust_acc"]["pgd20"] for r in gair]), _mean([r["robust_acc"]["pgd20"] for r in base])
+    d = pa - pb
     masked = [r["name"] for r in gair + g["gair_trades"] if (r["eval"].get("masking") or {}).get("flag")]
-    meas = f"GAIR-AT - PGD-AT test PGD-20: {100 * d:+.2f} points (±{binom_ci(0.7, 10000) * math.sqrt(2):.2f})" + \
+    meas = f"GAIR-AT - PGD-AT test PGD-20: {100 * d:+.2f} points (±{math.hypot(binom_ci(pa, 10000), binom_ci(pb, 10000)):.2f})" + \
         (f"; masking flagged: {', '.join(masked)}" if masked else "")
     return meas, "undecided", "AutoAttack on the rows is still to run (the claim is decided under AutoAttack)"
 
@@ -202,6 +201,20 @@ def margin_table(done: list[dict]) -> list[str]:
     return lines
 
 
+def autoattack_table(path: Path) -> list[str]:
+    """AutoAttack rows (standard; fast = APGD-CE + APGD-T is an upper bound), with binomial intervals."""
+    rows = list(done_rows(path).values())
+    if not rows:
+        return ["", "## AutoAttack", "", "Not run yet (`--autoattack ROW ... --aa-n 1000`)."]
+    lines = ["", "## AutoAttack", "", "| row | test points | version | robust accuracy | s | device |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: r["row"]):
+        label = r["version"] + (" (upper bound)" if r["version"] == "fast" else "")
+        lines.append(f"| {r['row']} | {r['n']} | {label} | {100 * r['autoattack']:.2f} ± "
+                     f"{binom_ci(r['autoattack'], r['n']):.2f} | {r['seconds']:,.0f} | {r['device']} |")
+    return lines
+
+
 def speedup_table(s: Speedup) -> list[str]:
     lines = [f"Target {100 * s.target:.2f}%: {s.target_how}.", "",
              "| row | seeds | best held-out robust | grad evals to target | speed-up [95% CI] | s to target | "
@@ -217,21 +230,22 @@ def speedup_table(s: Speedup) -> list[str]:
     return lines
 
 
-def write_report(all_rows: list[dict], epochs: Optional[int] = None) -> Path:
-    from time_to_robustness import EPOCHS
+def write_report(all_rows: list[dict], protocol=None) -> Path:
+    """results/<table>.md and its plots, from the finished rows of `protocol` (default: the CPU size)."""
+    from time_to_robustness import CPU
 
-    epochs = epochs or EPOCHS
+    p = protocol or CPU
+    epochs, TABLE = p.epochs, p.table
     finished = done_rows(RESULTS / f"{TABLE}.jsonl")
     done = [finished[r["name"]] for r in all_rows if r["name"] in finished]
     sp = family_speedups(done, epochs)
-    lines = ["# Time to robustness: full Fashion-MNIST, Linf eps 0.1", "",
-             "Command: `PYTHONPATH=src:benchmarks python benchmarks/time_to_robustness.py --stage STAGE` (rows: "
-             "time_to_robustness.jsonl, one per finished training, each with its whole learning curve; base config "
-             "benchmarks/configs/time_to_robustness.yaml). Status: "
+    lines = [f"# Time to robustness: {'full Fashion-MNIST, Linf eps 0.1' if p is CPU else 'CIFAR-10, Linf 8/255'}", "",
+             "Command: `PYTHONPATH=src:benchmarks python benchmarks/time_to_robustness.py "
+             f"{'' if p is CPU else '--gpu '}--stage STAGE` (rows: {TABLE}.jsonl, one per finished training, each with "
+             f"its whole learning curve; base config benchmarks/configs/{p.base.name}). Status: "
              f"{len(done)} of {len(all_rows)} rows done.", "",
              "## Regime and the evidence for it", "",
-             f"- Half-width SmallCNN (TRADES' MNIST net), SGD lr 0.05 cosine, batch 128, {epochs} epochs; PGD-10 "
-             "training at Linf eps 0.1 (step 0.25 eps); all 58,000 training images outside the held-out set.",
+             f"- {p.regime.format(epochs=epochs)}.",
              "- Learning curve: PGD-20 robust accuracy on 2000 held-out training images (data.val_seed 0: the same "
              "images for every row and seed), after every epoch, logged with the cumulative grad evals of training, "
              "scoring and selection (the curve's own passes are counted apart and left out). Model selection: "
@@ -248,6 +262,7 @@ def write_report(all_rows: list[dict], epochs: Optional[int] = None) -> Path:
                   *schedule_reference(s, fam), "", f"![curves]({TABLE}_{fam}.png)"]
         plot(s, RESULTS / f"{TABLE}_{fam}.png")
     lines += margin_table(done)
+    lines += autoattack_table(RESULTS / f"{TABLE}_aa.jsonl")
     lines += ["", "## Final test accuracies (all 10000 test points)", "",
               "One seed: ± the binomial 95% half-width; several: mean [min-max over seeds].", "",
               "| row | seeds | clean | PGD-20 | CW-20 | PGD-20 logits x10 | masking | grad evals | train s | device |",
