@@ -134,9 +134,9 @@ def test_pgd_success_rises_with_eps(logistic, norm, grid, loss):
 def test_pgd_restarts_keep_worst_case(logistic):
     model, x, y = logistic
     eps = torch.full((len(x),), 0.08)
-    one = pgd(model, x, y, eps, steps=1, step_size=0.3, norm="l2")
+    one = pgd(model, x, y, eps, steps=1, rel_step=0.3, norm="l2")
     torch.manual_seed(0)
-    many = pgd(model, x, y, eps, steps=1, step_size=0.3, norm="l2", restarts=4)
+    many = pgd(model, x, y, eps, steps=1, rel_step=0.3, norm="l2", restarts=4)
     with torch.no_grad():
         fooled_one = model(one).argmax(1) != y
         fooled_many = model(many).argmax(1) != y
@@ -552,3 +552,50 @@ def test_evaluation_counts_a_misclassified_point_as_not_robust():
     assert (model(xa).argmax(1) == y).any()  # the attack's end point is sometimes correct...
     res = evaluate_model(model, x, y, eps=0.1, norm="linf", attacks=["pgd2", "cw2"], progress=False)
     assert res["clean_acc"] == 0.0 and res["robust_acc"] == {"pgd2": 0.0, "cw2": 0.0}  # ...but never robust
+
+
+# ---- no silent traps: step names and the [0,1] input contract ----------------------------------
+
+@pytest.mark.parametrize("call", [lambda m, x, y, **k: pgd(m, x, y, 0.1, **k),
+                                  lambda m, x, y, **k: trades_kl(m, x, 0.1, **k),
+                                  lambda m, x, y, **k: fgsm_rs(m, x, y, 0.1, **k)])
+def test_step_size_is_refused_naming_alpha_and_rel_step(tiny_linear_model, call):
+    """`step_size` was relative to eps here but is absolute in torchattacks: refused, not guessed."""
+    model = tiny_linear_model(num_classes=3)
+    x, y = _batch()
+    with pytest.raises(TypeError, match=r"alpha=.*absolute.*rel_step="):
+        call(model, x, y, step_size=0.25)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        call(model, x, y, stepsize=0.25)
+    with pytest.raises(ValueError, match="not both"):
+        call(model, x, y, alpha=0.01, rel_step=0.1)
+
+
+def test_alpha_is_absolute_and_rel_step_a_multiple_of_eps(tiny_linear_model):
+    model = tiny_linear_model(num_classes=3)
+    x, y = _batch()
+    x = x.clamp(0.2, 0.8)  # away from the box: the step is not clipped
+    eps = torch.tensor([0.5, 0.5, 0.25, 0.25, 0.5, 0.5])
+    one = dict(steps=1, random_start=False)
+    a = pgd(model, x, y, eps, alpha=0.02, **one)
+    assert torch.allclose((a - x).abs().flatten(1).amax(1), torch.full((6,), 0.02))
+    r = pgd(model, x, y, eps, rel_step=0.1, **one)
+    assert torch.allclose((r - x).abs().flatten(1).amax(1), 0.1 * eps)
+    assert torch.equal(pgd(model, x, y, eps, **one), pgd(model, x, y, eps, rel_step=2.5, **one))  # default 2.5 / steps
+    k = trades_kl(model, x, eps, alpha=0.02, steps=1)
+    assert (k - x).abs().max() <= 0.02 + 0.001 * 6  # trades_kl starts at x + 0.001 N(0, 1)
+    with pytest.raises(ValueError, match="rel_step=1.25"):
+        fgsm_rs(model, x, y, 0.1, alpha=1.25)  # alpha was relative before: an absolute 1.25 is refused
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS) + ["autoattack"])
+@pytest.mark.parametrize("bad", [1.2, -0.1, float("nan")])
+def test_inputs_outside_unit_box_raise_naming_the_normalisation(name, bad, tiny_cnn):
+    model = tiny_cnn(num_classes=3)
+    x, y = _batch()
+    x[1, 0, 3, 3] = bad
+    with pytest.raises(ValueError, match=r"\[0,1\].*normalisation inside"):
+        if name == "autoattack":
+            autoattack(model, x, y, eps=0.1, version="custom", attacks=["apgd-ce"])
+        else:
+            ATTACKS[name][1](model, x, y, EPS[ATTACKS[name][0] or "l2"])

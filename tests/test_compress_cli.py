@@ -1,5 +1,6 @@
 """`leanrobust compress`: every method writes something `train` accepts; bad budgets fail clearly."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,8 @@ def tiny_cfg(tmp_path):
     return cfg
 
 
-@pytest.mark.parametrize("args", [["mfc", "--ipc", "4"], ["mfc", "--radius", "0.8"],
+@pytest.mark.parametrize("args", [["mfc", "--ipc", "4"], ["mfc", "--ipc", "4", "--metric", "linf"],
+                                  ["mfc", "--radius", "0.8", "--metric", "linf"], ["mfc", "--radius", "4"],
                                   ["mfc", "--ipc", "4", "--metric", "l2", "--plain-eps"],
                                   ["random", "--fraction", "0.2"], ["kcenter", "--ipc", "5"]])
 def test_selection_methods_write_a_trainable_selection(tiny_cfg, tmp_path, args):
@@ -63,7 +65,9 @@ def test_dm_writes_a_pool_that_train_accepts(tiny_cfg, tmp_path):
     (["mfc", "--ipc", "0"], "ipc"), (["random", "--ipc", "1000"], "more than the data"),
     (["mfc", "--radius", "-1"], "radius"), (["kcenter"], "exactly one"),
     (["mfc", "--ipc", "3", "--fraction", "0.1"], "exactly one"), (["dm"], "--ipc"),
-    (["mfc", "--ipc", "3", "--metric", "l2"], "metric"), (["bogus", "--ipc", "3"], "--method"),
+    (["mfc", "--ipc", "3", "--metric", "l3"], "metric"), (["bogus", "--ipc", "3"], "--method"),
+    (["kcenter", "--ipc", "3", "--force"], "--force not used by --method kcenter"),
+    (["mfc", "--ipc", "3", "--set", "objective.eps=0.2"], "vacuous MFC covering"),
     (["random", "--ipc", "3", "--solver", "milp"], "--solver not used by --method random (--solver is for mfc)"),
     (["dm", "--ipc", "3", "--fraction", "0.1"], "--fraction not used by --method dm"),
     (["kcenter", "--ipc", "3", "--iterations", "5", "--plain-eps"], "--plain-eps, --iterations not used"),
@@ -73,3 +77,50 @@ def test_bad_budgets_give_clear_errors(tiny_cfg, tmp_path, args, needle):
     r = runner.invoke(app, ["compress", str(tiny_cfg), "--method", *args, "--out", str(tmp_path / "x.npz")])
     assert r.exit_code == 2 and needle in r.output, r.output
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_default_metric_is_l2_and_eps_plus_eta_is_measured_in_the_training_norm(tiny_cfg, tmp_path):
+    """L2 covering (the authors' metric) for a Linf threat model: each centre is attacked at eps + its
+    class's largest Linf distance to an assigned point, which the inclusion B(x, eps) in B(c, eps + eta) needs."""
+    out = tmp_path / "sel.npz"
+    r = runner.invoke(app, ["compress", str(tiny_cfg), "--method", "mfc", "--ipc", "4", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.with_suffix(".json").read_text())
+    assert rep["metric"] == "l2" and rep["norm"] == "linf" and not rep["vacuous"]
+    for c in rep["classes"]:
+        assert 0 < c["eta_norm"] <= c["eta"]  # ||d||_inf <= ||d||_2
+    sel = Selection.load(out)
+    etas = sorted({round(float(e) - 0.05, 6) for e in sel.eps})
+    assert etas == sorted({round(c["eta_norm"], 6) for c in rep["classes"]})
+    assert "eps 0.05" in r.output and "nearest-neighbour distance" in r.output and "eta" in r.output
+
+
+def test_vacuous_covering_is_refused_unless_forced(tiny_cfg, tmp_path):
+    """At eps 0.2 the Linf balls of radius eps + eta (~0.5) around all centres share an image: refused."""
+    out = tmp_path / "sel.npz"
+    args = ["compress", str(tiny_cfg), "--method", "mfc", "--ipc", "3", "--set", "objective.eps=0.2", "--out", str(out)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2 and not out.exists()
+    for needle in ("vacuous MFC covering", "eps 0.2", "nearest-neighbour distance", "--force", "--plain-eps"):
+        assert needle in r.output, (needle, r.output)
+    r = runner.invoke(app, args + ["--force"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(out.with_suffix(".json").read_text())
+    assert rep["vacuous"] and rep["forced"] and "warning: vacuous covering" in r.stderr
+    r = runner.invoke(app, args + ["--plain-eps"])  # the ablation attacks at eps: nothing to refuse
+    assert r.exit_code == 0, r.output
+    assert (Selection.load(out).eps == 0.2).all()
+
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+@pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist (make data)")
+def test_readme_mfc_command_refuses_the_vacuous_linf_radius(tmp_path):
+    """The README's command on its Linf config: centres would be attacked at eps + eta ~ 1 (chance-level
+    training); refused, naming eta, eps and the nearest-neighbour scale."""
+    cfg = Path(__file__).parent.parent / "configs" / "fmnist_smallcnn_pgdat.yaml"
+    r = runner.invoke(app, ["compress", str(cfg), "--method", "mfc", "--ipc", "10", "--set", "data.train_subset=1000",
+                            "--set", "progress=false", "--out", str(tmp_path / "mfc.npz")])
+    assert r.exit_code == 2 and "vacuous MFC covering" in r.output and "(linf)" in r.output, r.output
+    assert not (tmp_path / "mfc.npz").exists()

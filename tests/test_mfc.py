@@ -94,7 +94,8 @@ def test_every_point_covered_by_same_class_centre(metric, mode):
     if "radius" in kw:
         D = brute(x, metric)
         kw["radius"] = float(np.quantile(D, 0.15))
-    sel, rep = mfc_selection(x, y, eps=0.1, metric=metric, solver="greedy", **kw)
+    # force: these overlapping 12-pixel clusters are vacuous coverings (test_vacuous_*); this checks the cover
+    sel, rep = mfc_selection(x, y, eps=0.1, metric=metric, solver="greedy", force=True, **kw)
     check_cover(x, y, sel, rep, metric, 0.1)
     for c in rep.classes:
         assert c.solver in ("greedy", "farthest_point", "trivial")
@@ -110,7 +111,7 @@ def test_uint8_input_and_selection_roundtrip(tmp_path):
     g = torch.Generator().manual_seed(3)
     x = torch.randint(0, 256, (30, 1, 4, 4), generator=g, dtype=torch.uint8)
     y = torch.arange(30) % 3
-    sel, rep = mfc_selection(x, y, eps=0.05, radius=1.5)
+    sel, rep = mfc_selection(x, y, eps=0.05, radius=1.5, force=True)  # random pixels: a vacuous covering
     check_cover(x.float() / 255, y, sel, rep, "l2", 0.05)
     sel.save(tmp_path / "mfc.npz")
     back = Selection.load(tmp_path / "mfc.npz")
@@ -186,7 +187,7 @@ def test_generalized_loss_bound_linear_closed_form(metric):
     x, y = clustered(50, 2, seed=7)
     eps = 0.05
     for mode in ({"radius": 0.25 if metric != "l1" else 1.0}, {"ipc": 4}):
-        sel, rep = mfc_selection(x, y, eps=eps, metric=metric, solver="greedy", **mode)
+        sel, rep = mfc_selection(x, y, eps=eps, metric=metric, solver="greedy", force=True, **mode)  # the bound holds anyway
         X = x.reshape(len(x), -1).double()
         s = (2 * y - 1).double()
         g = torch.Generator().manual_seed(1)
@@ -256,3 +257,54 @@ def test_float_images_outside_unit_box_rejected():
     x, y = clustered(10, 1)
     with pytest.raises(ValueError, match="images"):
         mfc_selection(x * 3, y, eps=0.1, radius=0.2)
+
+
+def test_common_image_rule_linf_exact_and_l2_search():
+    """The vacuity rule: do the balls B(c_j, r_j) of all centres share an image of [0,1]^D?"""
+    from leanrobust.selection.mfc import _common_image
+
+    c = torch.tensor([[0.1] * 4, [0.9] * 4])
+    assert _common_image(c, torch.tensor([0.4, 0.4]), "linf") == (True, pytest.approx(0.4))
+    assert _common_image(c, torch.tensor([0.3, 0.5]), "linf")[0]  # 0.1 + 0.3 >= 0.9 - 0.5
+    assert not _common_image(c, torch.tensor([0.39, 0.4]), "linf")[0]
+    assert not _common_image(torch.tensor([[0.0], [1.0]]), torch.tensor([0.6, 0.3]), "linf")[0]  # box edge
+    tri = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, 1.0]])  # circumradius 0.625 (centre (0.5, 0.375))
+    found, radius = _common_image(tri, torch.full((3,), 0.64), "l2")
+    assert found and 0.625 <= radius < 0.64
+    assert not _common_image(tri, torch.full((3,), 0.6), "l2")[0]
+
+
+def test_vacuous_covering_raises_with_the_result_and_force_returns_it():
+    """Two classes of images near 0 and near 1: once eps + eta reaches half the centres' widest pixel
+    range, every Linf ball contains one image, which no classifier labels right for both classes."""
+    from leanrobust.selection.mfc import VacuousCoverError
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 2
+    x = (0.25 * torch.rand(40, 1, 2, 4, generator=g) + 0.75 * y.view(-1, 1, 1, 1)).clamp(0, 1)
+    sel, rep = mfc_selection(x, y, eps=0.05, ipc=2, metric="linf")  # eps + eta ~ 0.25: fine
+    assert not rep.vacuous and rep.common_radius == pytest.approx(float((x[sel.indices].amax(0) - x[sel.indices].amin(0)).max()) / 2)
+    with pytest.raises(ValueError, match=r"vacuous MFC covering.*force=True") as err:
+        mfc_selection(x, y, eps=0.3, ipc=2, metric="linf")
+    assert isinstance(err.value, VacuousCoverError) and err.value.report.vacuous and len(err.value.selection) == 4
+    sel, rep = mfc_selection(x, y, eps=0.3, ipc=2, metric="linf", force=True)
+    assert rep.vacuous and rep.to_dict()["vacuous"] and float(sel.eps.min()) >= rep.common_radius
+
+
+def test_nn_median_and_training_norm_radius():
+    """The report's median nearest-neighbour distance (covering metric, same class) matches brute force;
+    with norm="linf" on an L2 covering, eps + eta uses the assigned points' Linf distances."""
+    x, y = clustered(40, 2, seed=4)
+    D = brute(x, "l2")
+    yn = y.numpy()
+    np.fill_diagonal(D, np.inf)
+    nn = np.array([D[i, yn == yn[i]].min() for i in range(len(yn))])
+    sel, rep = mfc_selection(x, y, eps=0.05, radius=float(nn.max()) + 0.01, metric="l2", norm="linf", force=True)
+    assert rep.nn_median == pytest.approx(float(np.median(nn)), rel=1e-5)
+    Dinf = brute(x, "linf")
+    idx = sel.indices.numpy()
+    for c in rep.classes:
+        pts = np.flatnonzero(yn == c.label)
+        c_inf = max(Dinf[i, idx[rep.assigned[i]]] for i in pts)
+        assert c.eta_norm == pytest.approx(c_inf) and c.eta_norm <= c.eta
+        assert np.allclose(sel.eps.numpy()[yn[idx] == c.label], 0.05 + c_inf)

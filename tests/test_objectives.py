@@ -183,13 +183,18 @@ def test_mail_margin_and_weights():
     y = torch.tensor([0, 2, 1])
     pm = probabilistic_margin(p.log(), y)
     torch.testing.assert_close(pm, torch.tensor([0.2 - 0.7, 0.7 - 0.1, 0.4 - 0.3]))
-    expect = [3 / (1 + math.exp(-(m - 1.5))) for m in (-0.5, 0.6, 0.1)]
-    torch.testing.assert_close(mail_weights(pm), torch.tensor(expect))
+    published = [3 / (1 + math.exp(-10 * (m - 0.5))) for m in (-0.5, 0.6, 0.1)]  # MAIL-AT's command: -0.5, 10
+    torch.testing.assert_close(mail_weights(pm), torch.tensor(published))
+    argparse = [3 / (1 + math.exp(-(m - 1.5))) for m in (-0.5, 0.6, 0.1)]  # the code's argparse defaults
+    torch.testing.assert_close(mail_weights(pm, bias=-1.5, slope=1.0), torch.tensor(argparse))
     model = make_model()
     x, y = make_data(8)
     out = run("mail_at", model, x, y, 0.1, None)
     w = mail_weights(probabilistic_margin(out.logits, y))
-    torch.testing.assert_close(out.loss, (w * 8 / w.sum() * out.per_sample).mean())
+    torch.testing.assert_close(out.loss, (w * out.per_sample).mean())  # no batch normalisation, as in MAIL's code
+    normed = run("mail_at", model, x, y, 0.1, None, normalize=True)
+    w = mail_weights(probabilistic_margin(normed.logits, y))
+    torch.testing.assert_close(normed.loss, (w * 8 / w.sum() * normed.per_sample).mean())
     burn_in = run("mail_at", model, x, y, 0.1, None, epoch=5, num_epochs=10)  # begins at 6
     torch.testing.assert_close(burn_in.loss, burn_in.per_sample.mean())
 
@@ -265,3 +270,17 @@ def test_weighted_mean():
     per = torch.tensor([1.0, 2.0, 3.0, 4.0])
     assert weighted_mean(per, torch.tensor([1.0, 0.0, 2.0, 0.5])).item() == pytest.approx(9.0 / 4)
     assert weighted_mean(per, None).item() == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize("name", ["pgd_at", "mart", "mail_at", "gair_at"])
+def test_objective_step_size_stays_relative_to_eps(name):
+    """objective.step_size (configs) is a multiple of eps: the objective passes it to pgd as rel_step."""
+    from leanrobust.attacks import pgd
+
+    model, (x, y) = make_model(), make_data()
+    eps = 0.2
+    out = run(name, model, x, y, eps, None, step_size=0.3, steps=2)
+    torch.manual_seed(123)
+    ref = pgd(model, x, y, eps, steps=2, rel_step=0.3)
+    with torch.no_grad():
+        torch.testing.assert_close(out.logits, model(ref))

@@ -129,6 +129,7 @@ def register(app: typer.Typer) -> None:
         """Adversarially train a real (0) vs generated (1) SmallCNN for `synth filter --by realism`
         (after --clean-epochs of clean training, as the warm start of `proxy-quality`)."""
         import torch
+        from tqdm.auto import tqdm
 
         from .io import save_weights
         from .proxy.generator import load_images
@@ -142,10 +143,13 @@ def register(app: typer.Typer) -> None:
             g = torch.Generator().manual_seed(seed)
             rx, sx = rx[torch.randperm(len(rx), generator=g)[:n]], sx[torch.randperm(len(sx), generator=g)[:n]]
             model = None
-            for e, ep in ((0.0, clean_epochs), (eps, epochs)):
-                if ep:
-                    model = train_discriminator(rx, sx, eps=e, epochs=ep, steps=steps, width=width, seed=seed,
-                                                device=dev, model=model)
+            with tqdm(total=(len(rx) + len(sx)) * (clean_epochs + epochs), desc="synth discriminator", unit="img",
+                      dynamic_ncols=True) as bar:
+                for e, ep in ((0.0, clean_epochs), (eps, epochs)):
+                    if ep:
+                        bar.set_postfix(eps=f"{e:g}")
+                        model = train_discriminator(rx, sx, eps=e, epochs=ep, steps=steps, width=width, seed=seed,
+                                                    device=dev, model=model, bar=bar)
             c, s = rx.shape[1], rx.shape[-1]
             spec = {"name": "smallcnn", "num_classes": 2, "in_channels": c, "mean": [0.5] * c, "std": [0.5] * c,
                     "kwargs": {"width": width, "input_size": s, "dropout": 0.0}}
@@ -174,6 +178,8 @@ def register(app: typer.Typer) -> None:
                           out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON here"),
                           ) -> None:
         """Proxy-data quality: robust discrimination area, conditional Wasserstein, Frechet distance."""
+        from tqdm.auto import tqdm
+
         from . import load
         from .io import write_json
         from .proxy.generator import load_images
@@ -185,9 +191,10 @@ def register(app: typer.Typer) -> None:
             rx, ry, k = load_images(real, split)
             sx, sy, _ = load_images(synth_npz, "train", num_classes=k)
             clf = load(classifier, device=str(dev)) if classifier else None
-            say = None if as_json else typer.echo
+            say = None if as_json else tqdm.write  # messages on stdout without breaking the bars on stderr
             res = proxy_quality(rx, ry, sx, sy, classifier=clf, radii=_floats(radii, "--radii"), n=n, epochs=epochs,
-                                steps=steps, m=m, repeats=repeats, arc=arc, seed=seed, device=dev, progress=say)
+                                steps=steps, m=m, repeats=repeats, arc=arc, seed=seed, device=dev, progress=say,
+                                progress_bar=not as_json)
             res.update(real=real, generated=str(synth_npz))
             if out:
                 write_json(out, res)

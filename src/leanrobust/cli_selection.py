@@ -130,7 +130,7 @@ def register(app: typer.Typer) -> None:
                 model_desc = None
             o = cfg.objective
             scores = compute_scores(net, pool.images, pool.labels, method, eps=o.eps, norm=o.norm, steps=o.steps,
-                                    batch_size=batch_size, device=dev, seed=cfg.seed, **params)
+                                    batch_size=batch_size, device=dev, seed=cfg.seed, progress=cfg.progress, **params)
             meta = {"method": method, "eps": o.eps, "norm": o.norm, "steps": o.steps, "params": params,
                     "model": model_desc, "config": str(config), "seed": cfg.seed, "n": len(pool),
                     "high": SCORERS[method].high}

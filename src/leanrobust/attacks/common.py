@@ -73,6 +73,41 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: torch.Tensor, norm: str) 
 NORMS = ("linf", "l2")
 
 
+def check_unit_range(x: torch.Tensor, attack: str) -> None:
+    """Raise unless every input lies in [0,1] (one min/max pass): attacks clip to that box, so a
+    normalised input would be clipped silently into a different image."""
+    if x.numel() == 0:
+        return
+    lo, hi = torch.aminmax(x.detach())
+    if not (bool(lo >= 0) and bool(hi <= 1)):  # NaN fails too
+        raise ValueError(f"{attack}: inputs must lie in [0,1], got values in [{float(lo):.4g}, {float(hi):.4g}]; "
+                         "attacks perturb and clip images in [0,1], so the model must take [0,1] inputs with its "
+                         "normalisation inside it (e.g. leanrobust.models.Normalize(mean, std) as its first layer), "
+                         "and x must not be normalised (nor uint8: divide by 255)")
+
+
+def step_length(eps: torch.Tensor, alpha, rel_step, default_rel: float, attack: str,
+                removed: dict) -> torch.Tensor:
+    """Per-sample step: alpha (absolute, as in torchattacks) or rel_step * eps (default_rel * eps when
+    neither is given). `step_size` is refused: it meant rel_step here but alpha in torchattacks."""
+    if "step_size" in removed:
+        raise TypeError(f"{attack}() takes no step_size: pass alpha= for an absolute step (torchattacks' "
+                        f"meaning, e.g. alpha=2/255) or rel_step= for a multiple of eps (leanrobust's former "
+                        f"step_size, e.g. rel_step=0.25 gives 0.25 * eps)")
+    if removed:
+        raise TypeError(f"{attack}() got unexpected keyword argument(s) {', '.join(sorted(removed))}")
+    if alpha is not None and rel_step is not None:
+        raise ValueError(f"{attack}: give alpha (absolute step) or rel_step (multiple of eps), not both")
+    name, value = ("alpha", alpha) if alpha is not None else ("rel_step", default_rel if rel_step is None else rel_step)
+    v = torch.as_tensor(value, dtype=eps.dtype, device=eps.device).reshape(-1)
+    if v.numel() not in (1, eps.shape[0]):
+        raise ValueError(f"{attack}: {name} has {v.numel()} entries for a batch of {eps.shape[0]}")
+    if not bool((v >= 0).all()):
+        raise ValueError(f"{attack}: {name} must be >= 0, got {value!r}")
+    v = v.reshape(-1, *([1] * (eps.ndim - 1)))
+    return v.expand_as(eps) if alpha is not None else v * eps
+
+
 def check_norm(norm: str) -> str:
     """Return norm if it is a known threat model ("linf", "l2"), else raise ValueError."""
     if norm not in NORMS:

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .common import channels_last, check_norm, eval_mode, flat_norm
+from .common import channels_last, check_norm, check_unit_range, eval_mode, flat_norm
 from .conv_input_grad import input_grad_convs
 
 
@@ -29,7 +29,7 @@ class DeepFoolResult(NamedTuple):
 
 def deepfool(model: nn.Module, x: torch.Tensor, *, norm: str = "l2", steps: int = 50,
              overshoot: float = 0.02, batch_size: int | None = None,
-             candidates: int = 10, clip: bool = False) -> DeepFoolResult:
+             candidates: int = 10, clip: bool = False, on_finished=None) -> DeepFoolResult:
     """DeepFool against the model's clean prediction, in eval mode (modes restored after).
 
     Each iteration: one forward on the samples not yet fooled, then one backward per candidate
@@ -45,9 +45,11 @@ def deepfool(model: nn.Module, x: torch.Tensor, *, norm: str = "l2", steps: int 
     model's boundary in input space, PUMA's margin). batch_size: at most this many images in flight
     (default all); a finished image's slot is refilled with the next waiting one, so passes stay
     full-width instead of shrinking to a long tail of tiny batches. Images are independent: the
-    result does not depend on batch_size beyond float rounding."""
+    result does not depend on batch_size beyond float rounding. x must lie in [0,1] (else ValueError).
+    on_finished(k): called after each pass with the number of images that left the queue (a progress bar)."""
     check_norm(norm)
     x = x.detach()
+    check_unit_range(x, "deepfool")
     image = x.ndim == 4  # NHWC weights and inputs while attacking (faster convolutions); x's layout kept
     layout = torch.channels_last if image and x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 \
         else torch.contiguous_format
@@ -58,7 +60,7 @@ def deepfool(model: nn.Module, x: torch.Tensor, *, norm: str = "l2", steps: int 
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     with eval_mode(model), (channels_last(model) if image else contextlib.nullcontext()), \
             (input_grad_convs(model) if image else contextlib.nullcontext()):
-        out = _deepfool(model, x, norm, steps, overshoot, candidates, clip, capacity)
+        out = _deepfool(model, x, norm, steps, overshoot, candidates, clip, capacity, on_finished)
     if image:
         out = [t.contiguous(memory_format=layout) if t.ndim == 4 else t for t in out]
     return DeepFoolResult(*out)
@@ -73,7 +75,7 @@ def _class_grads(z: torch.Tensor, cand: torch.Tensor, xa: torch.Tensor):
     return f.detach(), torch.stack(w, 1)
 
 
-def _deepfool(model, x, norm, steps, overshoot, candidates, clip, capacity):
+def _deepfool(model, x, norm, steps, overshoot, candidates, clip, capacity, on_finished=None):
     """The work queue: `active` holds at most `capacity` images, each at its own iteration `it`.
     A pass first checks, with a no-grad forward, whether the images that just stepped are across
     the boundary (they leave, converged; so do those at the step limit), refills the freed slots
@@ -99,7 +101,10 @@ def _deepfool(model, x, norm, steps, overshoot, candidates, clip, capacity):
                 fooled = model(iterate(active)).argmax(1) != cand[active, 0]
             converged[active[fooled]] = True
             iterations[active[fooled]] = it[active[fooled]]
+            before = active.numel()
             active = active[~fooled & (it[active] < steps)]
+            if on_finished is not None and active.numel() < before:
+                on_finished(before - active.numel())
         if active.numel() < capacity and queued < n:
             take = min(capacity - active.numel(), n - queued)
             active = torch.cat([active, torch.arange(queued, queued + take, device=dev)])
@@ -117,6 +122,8 @@ def _deepfool(model, x, norm, steps, overshoot, candidates, clip, capacity):
                 label = zf.argmax(1, keepdim=True)
                 cand[active[fresh]] = zf.scatter(1, label, float("inf")).topk(cand.shape[1], dim=1).indices
             if cand.shape[1] < 2 or steps == 0:  # nothing to step towards: not converged
+                if on_finished is not None:
+                    on_finished(active.numel())
                 active = active[:0]
                 continue
             f, w = _class_grads(z, cand[active], xa)

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import as_eps, ascent_step, check_norm, cw_margin, eval_mode, input_grad, project, random_init
+from .common import (as_eps, ascent_step, check_norm, check_unit_range, cw_margin, eval_mode, input_grad, project,
+                     random_init, step_length)
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
@@ -29,11 +30,15 @@ def _pgd_run(model, x, y, eps, alpha, steps, norm, loss, random_start):
 
 
 def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, *,
-        steps: int = 10, step_size: float | None = None, norm: str = "linf", loss: str = "ce",
-        random_start: bool = True, restarts: int = 1, return_kappa: bool = False):
+        steps: int = 10, alpha: float | torch.Tensor | None = None, rel_step: float | None = None,
+        norm: str = "linf", loss: str = "ce", random_start: bool = True, restarts: int = 1,
+        return_kappa: bool = False, **removed):
     """PGD in the per-sample eps-ball intersected with [0,1], model in eval mode (restored after).
 
-    step_size is relative: alpha_i = step_size * eps_i (default 2.5 / steps). loss "ce" or "cw"
+    Step: alpha, absolute (torchattacks' alpha, e.g. 2/255), or rel_step, a multiple of eps
+    (alpha_i = rel_step * eps_i); default rel_step = 2.5 / steps. `step_size` raises (it was the
+    relative step here, but is absolute in torchattacks). x must lie in [0,1] (normalisation belongs in
+    the model), else ValueError. loss "ce" or "cw"
     (max_{j!=y} z_j - z_y, the CW-Linf evaluation loss). With restarts > 1, later restarts only
     attack samples not yet misclassified; per sample the result is the first misclassifying
     iterate's end point, else the restart with the highest loss. return_kappa=True also returns
@@ -43,11 +48,12 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.T
         raise ValueError(f"unknown loss {loss!r}; expected 'ce' or 'cw'")
     x = x.detach()
     eps_b = as_eps(eps, x)
-    alpha = (2.5 / max(steps, 1) if step_size is None else step_size) * eps_b
+    step = step_length(eps_b, alpha, rel_step, 2.5 / max(steps, 1), "pgd", removed)
+    check_unit_range(x, "pgd")
     with eval_mode(model):
-        x_adv, kappa = _pgd_run(model, x, y, eps_b, alpha, steps, norm, loss, random_start)
+        x_adv, kappa = _pgd_run(model, x, y, eps_b, step, steps, norm, loss, random_start)
         if restarts > 1:
-            x_adv = _restarts(model, x, y, eps_b, alpha, steps, norm, loss, random_start, restarts, x_adv)
+            x_adv = _restarts(model, x, y, eps_b, step, steps, norm, loss, random_start, restarts, x_adv)
     return (x_adv, kappa) if return_kappa else x_adv
 
 

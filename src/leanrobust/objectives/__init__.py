@@ -1,5 +1,6 @@
 """Training objectives: one small function per method, fn(model, x, y, eps, weight, **hp) ->
-ObjectiveOutput, looked up by name in OBJECTIVES (see docs/architecture.md)."""
+ObjectiveOutput, looked up by name in OBJECTIVES (see docs/architecture.md). An objective's step_size
+(objective.step_size of a config) is relative to eps; objectives hand it to the attacks as rel_step."""
 from .base import ObjectiveOutput, call_objective, weighted_mean
 from .bullet import bullet_pgd_at, bullet_trades
 from .erm import erm

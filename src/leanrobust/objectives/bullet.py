@@ -70,16 +70,16 @@ def bullet_allocation(model, x, y, eps, weight, *, norm: str = "linf", steps: in
     out, cor = act[~ok], act[ok]
     group[out] = OUTLIER
     if out.numel() and outlier_attack == "fgsm":
-        x_adv[out] = pgd(model, x[out], y[out], e[out], steps=1, step_size=1.25, norm=norm)
+        x_adv[out] = pgd(model, x[out], y[out], e[out], steps=1, rel_step=1.25, norm=norm)
         spent[out] = 1
     if cor.numel():
-        probe = pgd(model, x[cor], y[cor], e[cor], steps=probe_steps, step_size=probe_step_size, norm=norm)
+        probe = pgd(model, x[cor], y[cor], e[cor], steps=probe_steps, rel_step=probe_step_size, norm=norm)
         still = _no_grad_logits(model, probe).argmax(1) == y[cor]
         rob, bnd = cor[still], cor[~still]
         x_adv[rob] = probe[still]
         group[rob], spent[rob] = ROBUST, probe_steps
         if bnd.numel():
-            x_adv[bnd] = pgd(model, x[bnd], y[bnd], e[bnd], steps=steps, step_size=step_size, norm=norm)
+            x_adv[bnd] = pgd(model, x[bnd], y[bnd], e[bnd], steps=steps, rel_step=step_size, norm=norm)
             group[bnd], spent[bnd] = BOUNDARY, probe_steps + steps
     return x_adv, group, spent, clean_logits
 
@@ -118,14 +118,14 @@ def bullet_trades(model, x, y, eps, weight, *, beta: float = 6.0, norm: str = "l
         group[act[~ok]] = OUTLIER
         cor, p_cor = act[ok], p_nat[ok]
         if cor.numel():
-            probe = trades_kl(model, x[cor], e[cor], steps=probe_steps, step_size=probe_step_size, norm=norm,
+            probe = trades_kl(model, x[cor], e[cor], steps=probe_steps, rel_step=probe_step_size, norm=norm,
                               p_natural=p_cor)
             still = _no_grad_logits(model, probe).argmax(1) == y[cor]
             rob, bnd = cor[still], cor[~still]
             x_adv[rob] = probe[still]
             group[rob], spent[rob] = ROBUST, probe_steps
             if bnd.numel():
-                x_adv[bnd] = trades_kl(model, x[bnd], e[bnd], steps=steps, step_size=step_size, norm=norm,
+                x_adv[bnd] = trades_kl(model, x[bnd], e[bnd], steps=steps, rel_step=step_size, norm=norm,
                                        p_natural=p_cor[~still])
                 group[bnd], spent[bnd] = BOUNDARY, probe_steps + steps
     logits_nat = model(x)

@@ -10,9 +10,9 @@ from .base import ObjectiveOutput, weighted_mean
 
 def fgsm_rs(model, x, y, eps, weight, *, alpha: float | None = None,
             label_smoothing: float = 0.0) -> ObjectiveOutput:
-    """Weighted mean of CE on fgsm_rs examples; step alpha_i = alpha * eps_i (relative to eps, as
-    the attack takes it), default 1.25."""
-    x_adv = fgsm_rs_attack(model, x, y, eps, alpha=alpha)
+    """Weighted mean of CE on fgsm_rs examples; step alpha_i = alpha * eps_i, default 1.25. Here (a
+    config's objective.params.alpha) alpha stays relative to eps: it is the attack's rel_step."""
+    x_adv = fgsm_rs_attack(model, x, y, eps, rel_step=alpha)
     logits = model(x_adv)
     per = F.cross_entropy(logits, y, reduction="none", label_smoothing=label_smoothing)
     return ObjectiveOutput(weighted_mean(per, weight), per.detach(), logits.detach())

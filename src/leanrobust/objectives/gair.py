@@ -52,7 +52,7 @@ def gair_at(model, x, y, eps, weight, *, norm: str = "linf", steps: int = 10,
     and times the sample weight (base.normalise_instance_weights). kappa comes from the training
     PGD itself (no extra passes). Before begin_epoch lambda = +inf, so this is PGD-AT; without an
     epoch, lam applies from the start."""
-    x_adv, kappa = pgd(model, x, y, eps, steps=steps, step_size=step_size, norm=norm, return_kappa=True)
+    x_adv, kappa = pgd(model, x, y, eps, steps=steps, rel_step=step_size, norm=norm, return_kappa=True)
     lam_now = lam if epoch is None else gair_lambda(epoch, num_epochs, begin_epoch, lam)
     w = gair_weights(kappa, steps, lam_now, weight_mode).to(x)
     c = normalise_instance_weights(w, weight)
@@ -76,11 +76,11 @@ def gair_trades(model, x, y, eps, weight, *, beta: float = 6.0, norm: str = "lin
     lam_now = lam if epoch is None or _reweighting(epoch, begin_epoch, num_epochs) else lam_burn_in
     with torch.no_grad(), eval_mode(model):
         p_natural = F.softmax(model(x), dim=1)
-    x_kl = trades_kl(model, x, eps, steps=steps, step_size=step_size, norm=norm, p_natural=p_natural)
+    x_kl = trades_kl(model, x, eps, steps=steps, rel_step=step_size, norm=norm, p_natural=p_natural)
     extras = {"lambda": lam_now}
     x_cw = None
     if not bool((gair_weights(torch.arange(steps + 1), steps, lam_now, weight_mode) == 1).all()):
-        x_cw, kappa = pgd(model, x, y, eps, steps=steps, step_size=step_size, norm=norm, loss="cw",
+        x_cw, kappa = pgd(model, x, y, eps, steps=steps, rel_step=step_size, norm=norm, loss="cw",
                           return_kappa=True)
         w = gair_weights(kappa, steps, lam_now, weight_mode).to(x)
         extras.update(kappa=kappa, gair_weight=w)

@@ -19,25 +19,25 @@ def probabilistic_margin(logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Ten
     return p_other - p_true
 
 
-def mail_weights(pm: torch.Tensor, bias: float = -1.5, slope: float = 1.0) -> torch.Tensor:
-    """w = 3 * sigmoid(slope * (PM + bias)); defaults bias -1.5, slope 1 give 3 * sigmoid(PM - 1.5)
-    (REFERENCES.md; public MAIL code `weight_assign`). Monotone increasing in PM: attackable
-    samples count more."""
+def mail_weights(pm: torch.Tensor, bias: float = -0.5, slope: float = 10.0) -> torch.Tensor:
+    """w = 3 * sigmoid(slope * (PM + bias)) (public MAIL code `weight_assign`). Defaults: MAIL-AT's published
+    command (bias -0.5, slope 10: near-binary weights), not its argparse defaults (-1.5, 1: weights 0.2-1.1,
+    close to plain AT). Monotone increasing in PM: attackable samples count more."""
     return 3.0 * torch.sigmoid(slope * (pm + bias))
 
 
 def mail_at(model, x, y, eps, weight, *, norm: str = "linf", steps: int = 10,
-            step_size: float | None = None, bias: float = -1.5, slope: float = 1.0,
-            begin_epoch: int | None = None, normalize: bool = True,
+            step_size: float | None = None, bias: float = -0.5, slope: float = 10.0,
+            begin_epoch: int | None = None, normalize: bool = False,
             epoch: int | None = None, num_epochs: int | None = None) -> ObjectiveOutput:
     """MAIL-AT: mean_i c_i CE(f(x_adv_i), y_i) with w = mail_weights(PM(f(x_adv))) (detached).
-    normalize=True (default) normalises w within the batch like GAIR-AT and multiplies by the sample
-    weight (base.normalise_instance_weights), so the factor 3 cancels; normalize=False uses
-    weight * w as the public code does. Plain PGD-AT before begin_epoch (default
+    normalize=False (default) uses weight * w as the public MAIL code does (no batch normalisation, so
+    the factor 3 stays); normalize=True normalises w within the batch like GAIR-AT
+    (base.normalise_instance_weights). Plain PGD-AT before begin_epoch (default
     round(0.625 * num_epochs), epoch 75 of 120); begin_epoch is 0-based here, as in the MAIL code
     (`for epoch in range(75, 120)`), while GAIRAT's code counts it from 1. Without an epoch,
     reweighting applies throughout."""
-    x_adv = pgd(model, x, y, eps, steps=steps, step_size=step_size, norm=norm)
+    x_adv = pgd(model, x, y, eps, steps=steps, rel_step=step_size, norm=norm)
     logits = model(x_adv)
     per = F.cross_entropy(logits, y, reduction="none")
     if begin_epoch is None:

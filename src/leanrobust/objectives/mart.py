@@ -29,7 +29,7 @@ def mart(model, x, y, eps, weight, *, beta: float = 6.0, norm: str = "linf", ste
          step_size: float | None = None) -> ObjectiveOutput:
     """Weighted mean of mart_per_sample; x_adv from CE-PGD (uniform random start, where MART's
     code starts at x + 0.001 N(0, 1))."""
-    x_adv = pgd(model, x, y, eps, steps=steps, step_size=step_size, norm=norm)
+    x_adv = pgd(model, x, y, eps, steps=steps, rel_step=step_size, norm=norm)
     logits_nat = model(x)
     logits_adv = model(x_adv)
     per = mart_per_sample(logits_nat, logits_adv, y, beta)

@@ -25,7 +25,7 @@ def trades(model, x, y, eps, weight, *, beta: float = 6.0, norm: str = "linf", s
     eval-mode clean forward."""
     with torch.no_grad(), eval_mode(model):
         p_natural = F.softmax(model(x), dim=1)
-    x_adv = trades_kl(model, x, eps, steps=steps, step_size=step_size, norm=norm, p_natural=p_natural)
+    x_adv = trades_kl(model, x, eps, steps=steps, rel_step=step_size, norm=norm, p_natural=p_natural)
     logits_nat = model(x)
     logits_adv = model(x_adv)
     per = trades_per_sample(logits_nat, logits_adv, y, beta, label_smoothing)

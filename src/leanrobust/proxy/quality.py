@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..attacks import pgd
 from ..data import to_float
@@ -37,9 +38,11 @@ def discriminator(channels: int, size: int, width: float = 0.5) -> nn.Module:
 
 def train_discriminator(real: torch.Tensor, synth: torch.Tensor, *, eps: float, norm: str = "linf",
                         epochs: int = 3, steps: int = 5, batch_size: int = 64, lr: float = 1e-3,
-                        width: float = 0.5, seed: int = 0, device="cpu", model: nn.Module | None = None) -> nn.Module:
+                        width: float = 0.5, seed: int = 0, device="cpu", model: nn.Module | None = None,
+                        bar=None) -> nn.Module:
     """PGD adversarial training (clean training when eps = 0) of a real-vs-generated SmallCNN (Adam),
-    starting from `model` when given (warm start), else from a fresh `discriminator`."""
+    starting from `model` when given (warm start), else from a fresh `discriminator`. bar: a tqdm bar
+    advanced by the images of each batch."""
     _check_pair(real, synth)
     torch.manual_seed(seed)
     model = (model or discriminator(real.shape[1], real.shape[-1], width)).to(device)
@@ -57,12 +60,14 @@ def train_discriminator(real: torch.Tensor, synth: torch.Tensor, *, eps: float, 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if bar is not None:
+                bar.update(len(idx))
     return model.eval()
 
 
 def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, *, norm: str = "linf",
-                    steps: int = 10, batch_size: int = 500, device="cpu") -> float:
-    """Share of points classified correctly both clean and under PGD-`steps` at eps."""
+                    steps: int = 10, batch_size: int = 500, device="cpu", bar=None) -> float:
+    """Share of points classified correctly both clean and under PGD-`steps` at eps (bar: advanced per batch)."""
     correct = 0
     for i in range(0, len(y), batch_size):
         xb, yb = _float(x[i:i + batch_size]).to(device), y[i:i + batch_size].to(device)
@@ -73,6 +78,8 @@ def robust_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
             with torch.no_grad():
                 ok &= model(xa).argmax(1) == yb
         correct += ok.sum().item()
+        if bar is not None:
+            bar.update(len(yb))
     return correct / max(len(y), 1)
 
 
@@ -91,14 +98,14 @@ def robust_discrimination(real: torch.Tensor, synth: torch.Tensor, *, radii: Seq
                           n: int = 2000, test_fraction: float = 0.25, norm: str = "linf", epochs: int = 3,
                           steps: int = 5, eval_steps: int = 10, width: float = 0.5, batch_size: int = 64,
                           lr: float = 1e-3, warm_start: bool = True, seed: int = 0, device="cpu",
-                          progress: Callable[[str], None] | None = None) -> dict:
+                          progress: Callable[[str], None] | None = None, progress_bar: bool = False) -> dict:
     """ARC-style curve: for each radius r (in the given, increasing order), a discriminator adversarially
     trained at r on min(n, |real|, |synth|) images per side, less the test share (the same seeded draw
     for every radius), is tested under PGD-`eval_steps` at r on the held-out images. With warm_start
     the discriminator of radius r starts from the one of the previous radius: a curriculum that keeps
     PGD training of a small net on little data from collapsing to a constant (chance) prediction, which
     training from scratch at r >= 0.025 often did on Fashion-MNIST. Returns radii, accuracy, area (see
-    `normalised_area`) and sizes."""
+    `normalised_area`) and sizes. progress_bar: one tqdm bar (stderr) over the images trained on and tested."""
     _check_pair(real, synth)
     r = np.asarray(radii, float)
     if r.ndim != 1 or r.size == 0 or not np.isfinite(r).all() or (r < 0).any() or (np.diff(r) <= 0).any():
@@ -113,14 +120,18 @@ def robust_discrimination(real: torch.Tensor, synth: torch.Tensor, *, radii: Seq
     y_test = torch.cat([torch.full((n_test,), REAL), torch.full((n_test,), GENERATED)])
     x_test = torch.cat([real[:n_test], synth[:n_test]])
     acc, model = [], None
+    bar = tqdm(total=len(radii) * (2 * (m - n_test) * epochs + 2 * n_test), desc="robust discrimination", unit="img",
+               disable=not progress_bar, dynamic_ncols=True)
     for r in radii:
+        bar.set_postfix(eps=f"{r:g}")
         model = train_discriminator(real[n_test:], synth[n_test:], eps=float(r), norm=norm, epochs=epochs,
                                     steps=steps, batch_size=batch_size, lr=lr, width=width, seed=seed, device=device,
-                                    model=model if warm_start else None)
+                                    model=model if warm_start else None, bar=bar)
         torch.manual_seed(seed)
-        acc.append(robust_accuracy(model, x_test, y_test, float(r), norm=norm, steps=eval_steps, device=device))
+        acc.append(robust_accuracy(model, x_test, y_test, float(r), norm=norm, steps=eval_steps, device=device, bar=bar))
         if progress:
             progress(f"robust discrimination eps={r:g}: test accuracy {acc[-1]:.3f}")
+    bar.close()
     return {"radii": [float(r) for r in radii], "accuracy": acc, "area": normalised_area(radii, acc),
             "norm": norm, "n_train_per_side": m - n_test, "n_test_per_side": n_test, "epochs": epochs,
             "train_pgd_steps": steps, "eval_pgd_steps": eval_steps, "warm_start": warm_start,
@@ -135,12 +146,14 @@ def penultimate_features(model: nn.Module, *, batch_size: int = 500, device="cpu
     model = model.to(device).eval()
 
     @torch.no_grad()
-    def features(x: torch.Tensor) -> np.ndarray:
+    def features(x: torch.Tensor, bar=None) -> np.ndarray:
         out = []
         hook = head.register_forward_hook(lambda m, inp, o: out.append(inp[0].detach().flatten(1).double().cpu()))
         try:
             for i in range(0, len(x), batch_size):
                 model(_float(x[i:i + batch_size]).to(device))
+                if bar is not None:
+                    bar.update(len(x[i:i + batch_size]))
         finally:
             hook.remove()
         return torch.cat(out).numpy() if out else np.zeros((0, head.in_features))
@@ -173,7 +186,7 @@ def wasserstein(a: np.ndarray, b: np.ndarray) -> float:
 
 def conditional_wasserstein(real_x: torch.Tensor, real_y: torch.Tensor, syn_x: torch.Tensor, syn_y: torch.Tensor,
                             *, m: int = 500, repeats: int = 5, embed: Callable = pixels, seed: int = 0,
-                            baseline: bool = True) -> dict:
+                            baseline: bool = True, progress_bar: bool = False, desc: str = "conditional W1") -> dict:
     """E_y W1(D|y, D~|y), y ~ the real label distribution, with exact OT per class on subsamples.
 
     For each class c and draw r: m_c = min(m, n_c(real), n_c(generated)) images drawn without
@@ -182,7 +195,8 @@ def conditional_wasserstein(real_x: torch.Tensor, real_y: torch.Tensor, syn_x: t
     mean +- 1.96 sd / sqrt(R) (it covers subsampling variation, not the finite-m bias). Two finite samples
     of one distribution are not at distance 0, so `baseline` also estimates W between two disjoint real
     draws of the same m_c (when every class has 2 m_c real images): the floor an ideal generator reaches.
-    Classes absent from the generated set are listed in `missing_classes` and left out (p renormalised)."""
+    Classes absent from the generated set are listed in `missing_classes` and left out (p renormalised).
+    progress_bar: a tqdm bar (stderr) over the class x draw OT problems."""
     _check_pair(real_x, syn_x)
     rng = np.random.default_rng(seed)
     ry, sy = real_y.cpu().numpy(), syn_y.cpu().numpy()
@@ -194,6 +208,7 @@ def conditional_wasserstein(real_x: torch.Tensor, real_y: torch.Tensor, syn_x: t
         raise ValueError("no class occurs in both the real and the generated set")
     est, floor, per_class, sizes = np.zeros(repeats), np.zeros(repeats), {}, {}
     have_floor = baseline
+    bar = tqdm(total=len(classes) * repeats, desc=desc, unit="OT", disable=not progress_bar, dynamic_ncols=True)
     for c, pc in zip(classes, p):
         ri, si = np.flatnonzero(ry == c), np.flatnonzero(sy == c)
         mc = min(m, len(ri), len(si))
@@ -206,8 +221,10 @@ def conditional_wasserstein(real_x: torch.Tensor, real_y: torch.Tensor, syn_x: t
             if have_floor:
                 a2 = rng.choice(np.setdiff1d(ri, a), mc, replace=False)
                 floor[r] += pc * wasserstein(embed(real_x[torch.from_numpy(a)]), embed(real_x[torch.from_numpy(a2)]))
+            bar.update()
         est += pc * np.asarray(w)
         per_class[int(c)] = float(np.mean(w))
+    bar.close()
 
     def stats(v):
         mean, sd = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
@@ -241,10 +258,12 @@ def frechet_distance(fa: np.ndarray, fb: np.ndarray) -> float:
 def proxy_quality(real_x: torch.Tensor, real_y: torch.Tensor, syn_x: torch.Tensor, syn_y: torch.Tensor, *,
                   classifier: nn.Module | None = None, radii: Sequence[float] = RADII, n: int = 2000,
                   epochs: int = 3, steps: int = 5, m: int = 500, repeats: int = 5, frechet_n: int = 10000,
-                  arc: bool = True, seed: int = 0, device="cpu", progress: Callable[[str], None] | None = None) -> dict:
+                  arc: bool = True, seed: int = 0, device="cpu", progress: Callable[[str], None] | None = None,
+                  progress_bar: bool = False) -> dict:
     """(a) robust discrimination, (b) conditional W1 in input and feature space, (c) Frechet distance of
     features (on up to frechet_n images per side). Features: penultimate layer of `classifier`, or of a
-    random-init SmallCNN if None. Returns a JSON-ready dict."""
+    random-init SmallCNN if None. Returns a JSON-ready dict. progress: messages; progress_bar: tqdm
+    bars (stderr) for each stage."""
     _check_pair(real_x, syn_x)
     if classifier is not None:
         feats, feat_name = penultimate_features(classifier, device=device), "classifier penultimate"
@@ -254,18 +273,23 @@ def proxy_quality(real_x: torch.Tensor, real_y: torch.Tensor, syn_x: torch.Tenso
     out = {"n_real": len(real_y), "n_generated": len(syn_y), "feature_space": feat_name}
     if arc:
         out["robust_discrimination"] = robust_discrimination(real_x, syn_x, radii=radii, n=n, epochs=epochs,
-                                                             steps=steps, seed=seed, device=device, progress=progress)
+                                                             steps=steps, seed=seed, device=device, progress=progress,
+                                                             progress_bar=progress_bar)
     if progress:
         progress("conditional Wasserstein (input space)")
     out["wasserstein_input"] = conditional_wasserstein(real_x, real_y, syn_x, syn_y, m=m, repeats=repeats,
-                                                       embed=pixels, seed=seed)
+                                                       embed=pixels, seed=seed, progress_bar=progress_bar,
+                                                       desc="conditional W1 (input)")
     if progress:
         progress("conditional Wasserstein (feature space)")
     out["wasserstein_features"] = conditional_wasserstein(real_x, real_y, syn_x, syn_y, m=m, repeats=repeats,
-                                                          embed=feats, seed=seed)
+                                                          embed=feats, seed=seed, progress_bar=progress_bar,
+                                                          desc="conditional W1 (features)")
     g = torch.Generator().manual_seed(seed)
     ra = torch.randperm(len(real_x), generator=g)[:frechet_n]
     sa = torch.randperm(len(syn_x), generator=g)[:frechet_n]
-    out["frechet_features"] = frechet_distance(feats(real_x[ra]), feats(syn_x[sa]))
+    with tqdm(total=len(ra) + len(sa), desc="frechet features", unit="img", disable=not progress_bar,
+              dynamic_ncols=True) as bar:
+        out["frechet_features"] = frechet_distance(feats(real_x[ra], bar=bar), feats(syn_x[sa], bar=bar))
     out["frechet_n"] = [len(ra), len(sa)]
     return out

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .random_subset import _labels_numpy, class_budgets
 
@@ -130,13 +131,15 @@ def _redraw(net: nn.Module, g: torch.Generator) -> None:
 
 def dm_condense(images_uint8, labels, *, ipc: int, iterations: int, batch_real: int = 256, lr: float = 1.0,
                 seed: int = 0, device=None, width: int = 128, depth: int = 3, momentum: float = 0.5,
-                dsa: bool = True, mean=None, std=None) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+                dsa: bool = True, mean=None, std=None, progress: bool = False,
+                ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Condense (N, C, H, W) uint8 images to ``ipc`` synthetic images per class.
 
     Returns (images uint8 (K, C, H, W) on the CPU, labels int64 (K,) sorted by class, history of the
     matching loss per iteration). The result is a new pool (synthetic images) meant to be trained on
     with unit weights. ``mean``/``std``: per-channel normalisation of the pixel space the images are
-    optimised in (default: the data's own statistics). H and W must be >= 2**depth."""
+    optimised in (default: the data's own statistics). H and W must be >= 2**depth. progress: a tqdm
+    bar over the iterations on stderr, with the matching loss."""
     x_all = images_uint8 if isinstance(images_uint8, torch.Tensor) else torch.as_tensor(np.asarray(images_uint8))
     if x_all.ndim != 4:
         raise ValueError(f"images_uint8 must be (N, C, H, W), got shape {tuple(x_all.shape)}")
@@ -177,6 +180,7 @@ def dm_condense(images_uint8, labels, *, ipc: int, iterations: int, batch_real: 
         p.requires_grad_(False)
     history: list[float] = []
     size = tuple(x.shape[-2:])
+    bar = tqdm(total=int(iterations), desc="dm", unit="it", disable=not progress, dynamic_ncols=True)
     for _ in range(int(iterations)):
         _redraw(net, g)
         real_b, syn_b = [], []
@@ -203,6 +207,9 @@ def dm_condense(images_uint8, labels, *, ipc: int, iterations: int, batch_real: 
         loss.backward()
         opt.step()
         history.append(float(loss.detach()) / len(classes))
+        bar.set_postfix(loss=f"{history[-1]:.4g}", refresh=False)
+        bar.update()
+    bar.close()
 
     out = (syn.detach() * std_t + mean_t).clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).cpu()
     return out, syn_labels, history

@@ -41,7 +41,7 @@ def last_layer_factors(model: nn.Module, images: torch.Tensor, labels: torch.Ten
                 x = to_float(images[i:i + batch_size].to(dev))
                 y = labels[i:i + batch_size].to(dev).long()
                 if adversarial:
-                    x = pgd(model, x, y, eps, steps=steps, step_size=step_size, norm=norm)
+                    x = pgd(model, x, y, eps, steps=steps, rel_step=step_size, norm=norm)
                 with torch.no_grad():
                     logits = model(x).float()
                 rs.append((F.softmax(logits, 1) - F.one_hot(y, logits.shape[1]).float()).cpu())

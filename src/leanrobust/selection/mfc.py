@@ -19,6 +19,14 @@ How it is computed (per class, one class in memory at a time):
   k-centre radius); the distances up to r are computed once and filtered at each step.
 - reported eta per class is the achieved covering radius: the exact float64 distance from each
   point to the centre it is assigned to (its nearest chosen centre), maximised over the class.
+- the generalized radius eps + eta is measured in the training ``norm`` (eta_norm: the same
+  assignment's exact distances in that norm), so any covering metric gives a valid bound; L2, the
+  authors' metric, is the default.
+- vacuous coverings are refused (``VacuousCoverError``, unless ``force=True``): when the balls
+  B_norm(c, eps + eta) of all centres (of two or more classes) share one image of [0,1]^D, no
+  classifier is right on all of them, so the bound says nothing (Linf: from eps + eta >= 0.5 every
+  ball contains the grey image 0.5). Linf is checked exactly (per pixel); L1/L2 by a minimax
+  search for such an image (it may miss one just at the threshold).
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
+from tqdm.auto import tqdm
 
 from .random_subset import _labels_numpy, class_budgets
 from .selection import Selection
@@ -208,12 +217,13 @@ def _k_centre_lower_bound(x: torch.Tensor, points: np.ndarray, metric: str) -> f
     return 0.5 * float(d.min())
 
 
-def farthest_point(x: torch.Tensor, k: int, metric: str = "l2", *, start: int = 0,
-                   chunk: int = 65536) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def farthest_point(x: torch.Tensor, k: int, metric: str = "l2", *, start: int = 0, chunk: int = 65536,
+                   on_centre=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gonzalez's farthest-point greedy: k centres (positions in x), each point's nearest centre
     (an index into the centre list) and its float32-accurate distance. The covering radius
     r = max distance is within a factor 2 of the optimal k-centre radius. The loop is sequential
-    and latency-bound, so it keeps to few tensor ops per step (squared distances for L2)."""
+    and latency-bound, so it keeps to few tensor ops per step (squared distances for L2). on_centre(1)
+    is called for every centre chosen (a progress bar's update)."""
     metric = _check_metric(metric)
     n = x.shape[0]
     k = min(int(k), n)
@@ -236,12 +246,15 @@ def farthest_point(x: torch.Tensor, k: int, metric: str = "l2", *, start: int = 
 
     centres = [int(start)]
     mind = dist_to(int(start))
+    tick = on_centre or (lambda _n: None)
+    tick(1)
     for _ in range(1, k):
         v, j = torch.max(mind, 0)
         if float(v) <= 0.0:
             break  # everything already at distance 0 (duplicates)
         centres.append(int(j))
         mind = torch.minimum(mind, dist_to(int(j)))
+        tick(1)
     cidx = torch.as_tensor(centres, device=x.device)
     owner = torch.empty(n, dtype=torch.long, device=x.device)
     dist = torch.empty(n, dtype=torch.float32, device=x.device)
@@ -430,6 +443,8 @@ class ClassReport:
     budget: int | None = None
     eta_lower_bound: float | None = None
     nnz: int = 0
+    eta_norm: float | None = None  # the achieved radius in the training norm (eps + eta_norm is attacked)
+    nn_median: float | None = None  # median distance to the nearest other point of the class (metric)
 
 
 @dataclass
@@ -443,6 +458,13 @@ class MFCReport:
     seconds: float
     assigned: np.ndarray = field(repr=False)
     distance: np.ndarray = field(repr=False)
+    eps: float = 0.0
+    norm: str = ""
+    generalized_radius: float = 0.0  # max over classes of eps + eta_norm
+    common_radius: float | None = None  # uniform radius (norm) from which all centres' balls share an image
+    vacuous: bool = False  # the balls B(c, eps + eta_norm) of all centres do share an image
+    nn_median: float | None = None  # over all points (metric); None: above nn_below
+    nn_below: float | None = None  # the NN distances are known up to this radius
 
     @property
     def k(self) -> int:
@@ -453,8 +475,78 @@ class MFCReport:
         return sum(c.n for c in self.classes)
 
     def to_dict(self) -> dict:
-        return {"metric": self.metric, "mode": self.mode, "n": self.n, "k": self.k,
-                "seconds": self.seconds, "classes": [asdict(c) for c in self.classes]}
+        return {"metric": self.metric, "mode": self.mode, "n": self.n, "k": self.k, "seconds": self.seconds,
+                "eps": self.eps, "norm": self.norm, "generalized_radius": self.generalized_radius,
+                "common_radius": self.common_radius, "vacuous": self.vacuous, "nn_median": self.nn_median,
+                "nn_below": self.nn_below, "classes": [asdict(c) for c in self.classes]}
+
+    def diagnosis(self, common: bool = True) -> str:
+        """One line: eta next to eps and to the data's nearest-neighbour scale."""
+        def span(v):
+            lo, hi = f"{min(v):.3g}", f"{max(v):.3g}"
+            return lo if lo == hi else f"{lo}-{hi}"
+
+        line = f"eta {span([c.eta for c in self.classes])} ({self.metric})"
+        if self.norm != self.metric:
+            line += f", {span([c.eta_norm for c in self.classes])} in {self.norm}"
+        nn = (f"{self.nn_median:.3g}" if self.nn_median is not None
+              else f"above {self.nn_below:.3g}" if self.nn_below is not None else "unknown")
+        line += (f"; eps {self.eps:g} + eta = generalized radius up to {self.generalized_radius:.3g} ({self.norm}); "
+                 f"median same-class nearest-neighbour distance {nn} ({self.metric})")
+        if common and self.common_radius is not None:
+            line += f"; all centres' balls share an image from radius {self.common_radius:.3g} ({self.norm})"
+        return line
+
+
+class VacuousCoverError(ValueError):
+    """The generalized balls of all centres share an image: the bound is vacuous. Carries the computed
+    ``selection`` and ``report`` (pass force=True to get them without the error)."""
+
+    def __init__(self, reason: str, selection: Selection, report: MFCReport, hint: str):
+        super().__init__(f"{reason}; {hint}")
+        self.reason, self.selection, self.report = reason, selection, report
+
+
+def _nn_distance(cov: Coverage) -> np.ndarray:
+    """Distance of each point to its nearest other point of the class (float32-accurate); inf where
+    none lies within the graph's radius."""
+    if cov.n == 0:
+        return np.zeros(0)
+    d = np.where(cov.indices == cov._rows(), np.inf, cov.dist.astype(np.float64))
+    return np.minimum.reduceat(d, cov.indptr[:-1].astype(np.int64))  # every row holds its diagonal
+
+
+def _common_image(c: torch.Tensor, r: torch.Tensor, norm: str, iters: int | None = None) -> tuple[bool, float]:
+    """Whether the balls B_norm(c_j, r_j) share an image of [0,1]^D, and the uniform radius from which
+    they all do (Linf: exact, half the widest pixel range; L1/L2: the minimax-search estimate, an
+    upper bound). Linf decides exactly per pixel; L1/L2 search z in the box (Badoiu-Clarkson steps
+    towards the most violated ball; numpy, single-threaded: ~0.3 s for 1000 centres of 784 pixels, ~1.7 s
+    for 6000), so a shared image just at the threshold may be missed."""
+    c = c.detach().double().cpu().numpy()
+    r = r.detach().double().cpu().numpy()
+    if norm == "linf":
+        lo = np.maximum((c - r[:, None]).max(0), 0.0)
+        hi = np.minimum((c + r[:, None]).min(0), 1.0)
+        return bool((lo <= hi).all()), float(((c.max(0) - c.min(0)) / 2).max())
+    p = 2 if norm == "l2" else 1
+    c, r = c.astype(np.float32), r.astype(np.float32)  # a search: float32 halves its memory traffic
+    iters = iters or int(min(300, max(20, 3e8 // max(c.size, 1))))
+
+    def search(rad: np.ndarray) -> float:
+        z = c.mean(0)
+        best = math.inf
+        for t in range(1, iters + 1):
+            excess = np.linalg.norm(c - z, ord=p, axis=1) - rad
+            j = int(excess.argmax())
+            best = min(best, float(excess[j]))
+            if best <= 0:
+                break
+            z = np.clip(z + (c[j] - z) / (t + 1), 0.0, 1.0)
+        return best
+
+    excess = search(r)
+    radius = search(np.zeros_like(r))
+    return excess <= 0, radius
 
 
 def _assign(cov: Coverage, radius: float, centres: np.ndarray) -> np.ndarray:
@@ -489,8 +581,8 @@ def _check_nonneg(name: str, v) -> float:
 def mfc_selection(images, labels, *, eps: float, radius: float | None = None, ipc: int | None = None,
                   fraction: float | None = None, metric: str = "l2", solver: str = "auto", device=None,
                   time_limit: float = 30.0, milp_max_n: int = 1500, lp_bound: bool | str = "auto",
-                  lp_max_n: int = 2500, tol: float | None = None, chunk: int = 1024,
-                  ) -> tuple[Selection, MFCReport]:
+                  lp_max_n: int = 2500, tol: float | None = None, chunk: int = 1024, norm: str | None = None,
+                  force: bool = False, progress: bool = False) -> tuple[Selection, MFCReport]:
     """Per-class minimal finite covering of ``images`` (uint8, or float in [0,1]; flattened) at a
     fixed ``radius`` (minimal number of centres) or a fixed budget ``ipc`` / ``fraction`` (the
     smallest eta whose cover fits, by bisection to ``tol``, default 1e-3 of the bracket's top).
@@ -501,10 +593,14 @@ def mfc_selection(images, labels, *, eps: float, radius: float | None = None, ip
     the weighted mean loss on the centres at eps + eta bounds the mean loss on all N points at eps.
     ``solver``: auto | greedy | milp | lp_milp (see the module docstring); ``time_limit`` seconds
     per HiGHS call; ``lp_bound``: True, False or "auto" (LP bound when a class has <= lp_max_n
-    points or an exact solver runs)."""
+    points or an exact solver runs). ``norm``: the training norm in which eps + eta is measured (default:
+    the metric). A vacuous covering (module docstring) raises VacuousCoverError, which carries the
+    selection and report, unless ``force``; the report always holds the diagnostics. ``progress``: a
+    tqdm bar over the classes on stderr."""
     t_all = time.perf_counter()
     eps = _check_nonneg("eps", eps)
     metric = _check_metric(metric)
+    norm = metric if norm is None else _check_metric(norm)
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     given = [name for name, v in (("radius", radius), ("ipc", ipc), ("fraction", fraction)) if v is not None]
@@ -523,9 +619,10 @@ def mfc_selection(images, labels, *, eps: float, radius: float | None = None, ip
     if tol is not None:
         tol = _check_nonneg("tol", tol)
 
-    reports, sel_idx, sel_eta = [], [], []
+    reports, sel_idx, sel_eta, nn_all, nn_below = [], [], [], [], math.inf
     assigned = np.empty(y.size, dtype=np.int64)
     distance = np.empty(y.size, dtype=np.float64)
+    bar = tqdm(total=y.size, desc=f"mfc ({metric})", unit="img", disable=not progress, dynamic_ncols=True)
     for label, k_budget in budgets.items():
         t0 = time.perf_counter()
         pos = np.flatnonzero(y == label)
@@ -575,12 +672,19 @@ def mfc_selection(images, labels, *, eps: float, radius: float | None = None, ip
         d_exact = exact_distance(xc, xc[torch.from_numpy(owner).to(x.device)], metric)
         used = np.unique(owner)  # centres nobody is assigned to are redundant: drop them
         eta = float(d_exact.max()) if n else 0.0
+        eta_norm = eta if norm == metric else float(
+            exact_distance(xc, xc[torch.from_numpy(owner).to(x.device)], norm).max()) if n else 0.0
+        nn = _nn_distance(cov) if cov is not None else None
+        if nn is not None:
+            nn_all.append(nn)
+            nn_below = min(nn_below, cov.radius)
+        nn_med = float(np.median(nn)) if nn is not None and nn.size and np.isfinite(np.median(nn)) else None
         base = sum(len(s) for s in sel_idx)
         where = np.searchsorted(used, owner)
         assigned[pos] = base + where
         distance[pos] = d_exact
         sel_idx.append(pos[used])
-        sel_eta.append(np.full(used.size, eta))
+        sel_eta.append(np.full(used.size, eta_norm))
         k = int(used.size)
         lower = min(res.lower_bound, k)
         lp_gap = None if res.lp_bound is None else k - int(math.ceil(res.lp_bound - 1e-6))
@@ -588,13 +692,37 @@ def mfc_selection(images, labels, *, eps: float, radius: float | None = None, ip
                                    lp_bound=res.lp_bound, lower_bound=int(lower),
                                    lower_bound_kind=res.lower_bound_kind, gap=k - int(lower), lp_gap=lp_gap,
                                    seconds=time.perf_counter() - t0, budget=k_budget,
-                                   eta_lower_bound=eta_lb, nnz=0 if cov is None else cov.nnz))
+                                   eta_lower_bound=eta_lb, nnz=0 if cov is None else cov.nnz,
+                                   eta_norm=eta_norm, nn_median=nn_med))
+        bar.set_postfix(label=int(label), k=k, eta=f"{eta:.3g}")
+        bar.update(n)
         del cov, xc
+    bar.close()
 
     idx = np.concatenate(sel_idx)
     counts = np.bincount(assigned, minlength=idx.size).astype(np.float64)
     weight = counts / counts.mean()
-    sel = Selection(torch.from_numpy(idx), torch.from_numpy(weight), torch.from_numpy(eps + np.concatenate(sel_eta)))
+    radii = eps + np.concatenate(sel_eta)
+    sel = Selection(torch.from_numpy(idx), torch.from_numpy(weight), torch.from_numpy(radii))
+    vacuous, common = _common_image(x[torch.from_numpy(idx).to(x.device)], torch.from_numpy(radii).to(x.device), norm)
+    vacuous &= len(budgets) > 1  # one label: nothing to conflict with
+    nn = np.concatenate(nn_all) if nn_all else np.zeros(0)
+    nn_median = float(np.median(nn)) if nn.size and np.isfinite(np.median(nn)) else None
     report = MFCReport(metric, "radius" if radius is not None else "budget", reports,
-                       time.perf_counter() - t_all, assigned, distance)
+                       time.perf_counter() - t_all, assigned, distance, eps=eps, norm=norm,
+                       generalized_radius=float(radii.max()), common_radius=common, vacuous=vacuous,
+                       nn_median=nn_median, nn_below=None if nn_median is not None or not nn.size else float(nn_below))
+    if vacuous and not force:
+        raise VacuousCoverError(vacuous_reason(report), sel, report,
+                                "lower eta (a larger ipc or fraction, a smaller radius), attack the centres at the "
+                                "plain eps, or pass force=True to keep it")
     return sel, report
+
+
+def vacuous_reason(report: MFCReport) -> str:
+    """Why a covering is vacuous, with the numbers."""
+    r_min = min(report.eps + c.eta_norm for c in report.classes)
+    return (f"vacuous MFC covering: every centre is attacked at a radius eps + eta >= {r_min:.3g} ({report.norm}), "
+            f"and the balls of all centres share one image (from radius {report.common_radius:.3g}), so no "
+            f"classifier is right on all of them and the bound on the full-data loss says nothing "
+            f"({report.diagnosis(common=False)})")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..attacks import deepfool, pgd
 from ..attacks.common import eval_mode
@@ -134,7 +135,7 @@ class _Batch:
         pm and the adversarial variants of el2n and grand."""
         if "adv" not in self._cache:
             o = self.opt
-            x_adv, kappa = pgd(self.model, self.x, self.y, o["eps"], steps=o["steps"], step_size=o["step_size"],
+            x_adv, kappa = pgd(self.model, self.x, self.y, o["eps"], steps=o["steps"], rel_step=o["step_size"],
                                norm=o["norm"], random_start=o["random_start"], return_kappa=True)
             logits, h = self._forward(x_adv)
             self._cache["adv"] = (x_adv, kappa, logits, h)
@@ -151,18 +152,21 @@ class _Batch:
         return self.clean()
 
 
-def _pool_margins(model, images, opt, batch_size, device, chunk_batches: int = 32) -> torch.Tensor:
+def _pool_margins(model, images, opt, batch_size, device, chunk_batches: int = 32, progress: bool = False) -> torch.Tensor:
     """DeepFool margins of a whole pool, chunk by chunk (bounded memory), each chunk one DeepFool
     work queue of batch_size images in flight: the converged images' slots are refilled, so there
     is one short tail per chunk instead of one per batch."""
     n = int(images.shape[0])
     out = torch.empty(n, dtype=torch.float32)
     step = batch_size * chunk_batches
+    bar = tqdm(total=n, desc="deepfool margins", unit="img", disable=not progress, dynamic_ncols=True)
     for i in range(0, n, step):
         x = to_float(images[i:i + step].to(device))
         out[i:i + step] = deepfool(model, x, norm=opt["margin_norm"] or opt["norm"], steps=opt["deepfool_steps"],
                                    overshoot=opt["overshoot"], candidates=opt["deepfool_candidates"],
-                                   clip=bool(opt["deepfool_clip"]), batch_size=batch_size).margin.float().cpu()
+                                   clip=bool(opt["deepfool_clip"]), batch_size=batch_size,
+                                   on_finished=bar.update).margin.float().cpu()
+    bar.close()
     return out
 
 
@@ -224,12 +228,14 @@ def _device_of(model: Optional[nn.Module], device) -> torch.device:
 
 def compute_score_table(model: Optional[nn.Module], images: torch.Tensor, labels: torch.Tensor,
                         methods: Iterable[str], *, eps: float = 0.1, norm: str = "linf", steps: int = 10,
-                        batch_size: int = 256, device=None, seed: int = 0, **params) -> dict[str, np.ndarray]:
+                        batch_size: int = 256, device=None, seed: int = 0, progress: bool = False,
+                        **params) -> dict[str, np.ndarray]:
     """Several scores at once, sharing passes: kappa, loss, pm and the adversarial el2n/grand
     come from ONE PGD run per batch; margin needs DeepFool (plus a no-grad clean forward when
     signed); clean el2n/grand one no-grad forward. Model in eval mode while scoring (each
     submodule's mode restored), torch RNG forked and seeded with `seed`, so results are
-    reproducible for a given batch_size. Returns {method: float32 (N,)}."""
+    reproducible for a given batch_size. step_size (a param) is relative to eps, the attacks' rel_step.
+    progress: tqdm bars (DeepFool margins, then the batches) on stderr. Returns {method: float32 (N,)}."""
     methods = list(dict.fromkeys(methods))
     for m in methods:
         _check_method(m)
@@ -256,11 +262,11 @@ def compute_score_table(model: Optional[nn.Module], images: torch.Tensor, labels
         if model is None:
             raise ValueError(f"score method(s) {batched} need a model")
         out.update(_batched_scores(model, images, labels, batched, opt, int(batch_size),
-                                   _device_of(model, device), seed))
+                                   _device_of(model, device), seed, progress))
     return {m: out[m] for m in methods}
 
 
-def _batched_scores(model, images, labels, methods, opt, batch_size, device, seed) -> dict[str, np.ndarray]:
+def _batched_scores(model, images, labels, methods, opt, batch_size, device, seed, progress=False) -> dict[str, np.ndarray]:
     n = int(labels.shape[0])
     feats: Optional[list] = None
     handle = None
@@ -279,13 +285,17 @@ def _batched_scores(model, images, labels, methods, opt, batch_size, device, see
     try:
         with torch.random.fork_rng(devices=devices), eval_mode(model):
             torch.manual_seed(seed)
-            margins = _pool_margins(model, images, opt, batch_size, device) if "margin" in methods else None
+            margins = _pool_margins(model, images, opt, batch_size, device, progress=progress) \
+                if "margin" in methods else None
+            bar = tqdm(total=n, desc=f"scores {','.join(methods)}", unit="img", disable=not progress, dynamic_ncols=True)
             for i in range(0, n, batch_size):
                 x = to_float(images[i:i + batch_size].to(device))
                 y = labels[i:i + batch_size].to(device).long()
                 b = _Batch(model, x, y, opt, feats, None if margins is None else margins[i:i + batch_size].to(device))
                 for m in methods:
                     res[m][i:i + x.shape[0]] = _score_batch(m, b, bias).detach().float().cpu()
+                bar.update(x.shape[0])
+            bar.close()
     finally:
         if handle is not None:
             handle.remove()
@@ -294,14 +304,14 @@ def _batched_scores(model, images, labels, methods, opt, batch_size, device, see
 
 def compute_scores(model: Optional[nn.Module], images_uint8: torch.Tensor, labels: torch.Tensor, method: str, *,
                    eps: float = 0.1, norm: str = "linf", steps: int = 10, batch_size: int = 256, device=None,
-                   seed: int = 0, **params) -> np.ndarray:
+                   seed: int = 0, progress: bool = False, **params) -> np.ndarray:
     """One score per pool sample, float32 (N,). method: a key of SCORERS (margin, kappa, loss,
     el2n, grand, pm, forgetting, random); params: that scorer's keyword parameters (SCORERS[m].params),
     anything else is a ValueError. eps/norm/steps: the PGD used by kappa, loss, pm and adversarial
     el2n/grand; norm is also DeepFool's norm for margin. See SCORERS[method].high for direction."""
     _check_method(method)
     return compute_score_table(model, images_uint8, labels, [method], eps=eps, norm=norm, steps=steps,
-                               batch_size=batch_size, device=device, seed=seed, **params)[method]
+                               batch_size=batch_size, device=device, seed=seed, progress=progress, **params)[method]
 
 
 def correctness(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 512,
