@@ -45,3 +45,24 @@ def tiny_cnn():
         return net.eval()
 
     return make
+
+
+@pytest.fixture
+def tiny_npz_config(tmp_path):
+    """Factory: make(progress=False) -> path of a config on a 90-image, 3-class 28x28 npz set whose classes
+    differ in brightness (so tiny runs learn), one epoch of PGD-2 on a quarter-width SmallCNN."""
+    import numpy as np
+
+    def make(progress: bool = False):
+        rng = np.random.default_rng(0)
+        labels = np.arange(90) % 3
+        images = (rng.integers(0, 80, (90, 28, 28, 1)) + 80 * labels[:, None, None, None]).astype(np.uint8)
+        np.savez(tmp_path / "d.npz", image=images, label=labels)
+        path = tmp_path / "c.yaml"
+        path.write_text(f"progress: {str(progress).lower()}\ndata: {{dataset: npz, path: {tmp_path / 'd.npz'}, "
+                        f"test_path: {tmp_path / 'd.npz'}, num_classes: 3, val_size: 9}}\nmodel: {{width: 0.25}}\n"
+                        "objective: {eps: 0.05, steps: 2}\noptim: {epochs: 1, batch_size: 16}\n"
+                        "validation: {n: 9, steps: 2}\neval: {n: 9, attacks: [pgd2]}\n")
+        return path
+
+    return make

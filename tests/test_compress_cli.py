@@ -15,16 +15,8 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def tiny_cfg(tmp_path):
-    rng = np.random.default_rng(0)
-    labels = np.arange(90) % 3
-    images = (rng.integers(0, 80, (90, 28, 28, 1)) + 80 * labels[:, None, None, None]).astype(np.uint8)
-    np.savez(tmp_path / "d.npz", image=images, label=labels)
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"progress: false\ndata: {{dataset: npz, path: {tmp_path / 'd.npz'}, test_path: {tmp_path / 'd.npz'}, "
-                   "num_classes: 3, val_size: 9}\nmodel: {width: 0.25}\nobjective: {eps: 0.05, steps: 2}\n"
-                   "optim: {epochs: 1, batch_size: 16}\nvalidation: {n: 9, steps: 2}\neval: {n: 9, attacks: [pgd2]}\n")
-    return cfg
+def tiny_cfg(tiny_npz_config):
+    return tiny_npz_config(progress=False)
 
 
 @pytest.mark.parametrize("args", [["mfc", "--ipc", "4"], ["mfc", "--ipc", "4", "--metric", "linf"],

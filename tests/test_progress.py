@@ -16,16 +16,8 @@ ETA = re.compile(r"<\d\d:\d\d")  # tqdm's "[elapsed<remaining, rate]"
 
 
 @pytest.fixture
-def cfg(tmp_path):
-    rng = np.random.default_rng(0)
-    labels = np.arange(90) % 3
-    images = (rng.integers(0, 80, (90, 28, 28, 1)) + 80 * labels[:, None, None, None]).astype(np.uint8)
-    np.savez(tmp_path / "d.npz", image=images, label=labels)
-    path = tmp_path / "c.yaml"
-    path.write_text(f"progress: true\ndata: {{dataset: npz, path: {tmp_path / 'd.npz'}, test_path: {tmp_path / 'd.npz'}, "
-                    "num_classes: 3, val_size: 9}\nmodel: {width: 0.25}\nobjective: {eps: 0.05, steps: 2}\n"
-                    "optim: {epochs: 1, batch_size: 16}\nvalidation: {n: 9, steps: 2}\neval: {n: 9, attacks: [pgd2]}\n")
-    return path
+def cfg(tiny_npz_config):
+    return tiny_npz_config(progress=True)
 
 
 def _bar(stderr: str, desc: str) -> bool:
