@@ -55,6 +55,8 @@ class Protocol:
     every: int
     schedules: tuple[int, ...]
     regime: str
+    title: str
+    flag: str = ""  # the command-line flag that selects this size
 
     @property
     def rows_file(self) -> Path:
@@ -75,12 +77,12 @@ CPU = Protocol("time_to_robustness", CONFIGS / "time_to_robustness.yaml", epochs
                schedules=(2, 3, 4, 6, 10),  # R = 5 of 15: re-selection a third of training, as R = 20 of 60-100
                regime="Half-width SmallCNN (TRADES' MNIST net), SGD lr 0.05 cosine, batch 128, {epochs} epochs; "
                       "PGD-10 training at Linf eps 0.1 (step 0.25 eps); all 58,000 Fashion-MNIST training images "
-                      "outside the held-out set")
+                      "outside the held-out set", title="full Fashion-MNIST, Linf eps 0.1")
 GPU = Protocol("time_to_robustness_cifar10", CONFIGS / "time_to_robustness_cifar10.yaml", epochs=100, every=20,
                schedules=(10, 20, 30, 50),  # R = 20 as in the CORDS defaults Li et al. build on
                regime="PreActResNet-18, SGD lr 0.1 piecewise (x0.1 at 50% and 75%), batch 128, {epochs} epochs; "
                       "PGD-10 training at Linf eps 8/255 (step 2/255); all 48,000 CIFAR-10 training images outside "
-                      "the held-out set (GPU)")
+                      "the held-out set (GPU)", title="CIFAR-10, Linf 8/255", flag="--gpu ")
 
 
 def row(p: Protocol, name: str, group: str, stage: str, seed: int = 0, overrides: tuple[str, ...] = ()) -> dict:

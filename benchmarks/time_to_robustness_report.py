@@ -239,9 +239,9 @@ def write_report(all_rows: list[dict], protocol=None) -> Path:
     finished = done_rows(RESULTS / f"{TABLE}.jsonl")
     done = [finished[r["name"]] for r in all_rows if r["name"] in finished]
     sp = family_speedups(done, epochs)
-    lines = [f"# Time to robustness: {'full Fashion-MNIST, Linf eps 0.1' if p is CPU else 'CIFAR-10, Linf 8/255'}", "",
+    lines = [f"# Time to robustness: {p.title}", "",
              "Command: `PYTHONPATH=src:benchmarks python benchmarks/time_to_robustness.py "
-             f"{'' if p is CPU else '--gpu '}--stage STAGE` (rows: {TABLE}.jsonl, one per finished training, each with "
+             f"{p.flag}--stage STAGE` (rows: {TABLE}.jsonl, one per finished training, each with "
              f"its whole learning curve; base config benchmarks/configs/{p.base.name}). Status: "
              f"{len(done)} of {len(all_rows)} rows done.", "",
              "## Regime and the evidence for it", "",
