@@ -420,6 +420,15 @@ def test_autoattack_state_file_resumes(aa_setup, tmp_path, monkeypatch):
         autoattack(model, x, y, state_path=path, **{**kw, "eps": 0.1})
 
 
+@pytest.mark.parametrize("content", ["[1, 2]", "not json", "\"text\""])
+def test_autoattack_state_file_of_another_kind_is_named(aa_setup, tmp_path, content):
+    model, x, y = aa_setup
+    path = tmp_path / "aa_state.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match="aa_state.json is not an AutoAttack state file"):
+        autoattack(model, x, y, eps=0.05, version="custom", attacks=["apgd-ce"], batch_size=8, state_path=path)
+
+
 def _interrupt_apgd_at_batch_2(monkeypatch):
     """Make APGD-CE raise KeyboardInterrupt on its second batch (the first finishes); returns the real perturb."""
     import pyautoattack.autopgd_base as apgd

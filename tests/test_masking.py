@@ -67,7 +67,7 @@ def test_reference_models_are_not_flagged_and_missing_attacks_give_no_comparison
 
 def test_parse_attacks_accepts_scaled_ce_only_for_pgd():
     assert parse_attacks("pgd20,cw20,PGD20X10,autoattack") == ["pgd20", "cw20", "pgd20x10", "autoattack"]
-    for bad in ("cw20x10", "pgd20x0", "pgdx10", "pgd20x"):
+    for bad in ("cw20x10", "pgd20x0", "pgdx10", "pgd20x", "pgd0", "cw0", "pgd0x10"):
         with pytest.raises(ValueError, match="pgdKxS"):
             parse_attacks(bad)
 

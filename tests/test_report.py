@@ -159,3 +159,74 @@ def test_cli_report_over_real_runs_uses_a_later_eval(tmp_path):
     fast = next(x for x in rep["runs"] if x["name"] == "fast_at")
     assert fast["clean_acc"] == summary["clean_acc"] and fast["grad_evals"] == summary["grad_evals"] > 0
     assert all((tmp_path / "rep" / f).exists() for f in ("report.md", "report.json", "report.png"))
+
+
+def test_report_points_a_generator_run_to_synth_train_not_resume(tmp_path):
+    import yaml
+    fake_run(tmp_path / "runs" / "clf")
+    gen = tmp_path / "runs" / "synth"
+    (gen / "checkpoints" / "step_0000050").mkdir(parents=True)
+    (gen / "config.yaml").write_text(yaml.safe_dump({"name": "synth", "steps": 100, "timesteps": 1000}))
+    (gen / "latest").write_text("step_0000050\n")
+    rep = build_report([tmp_path / "runs"])
+    why = rep.skipped[str(gen)]
+    assert f"leanrobust synth train {gen / 'config.yaml'} --out {gen}" in why and "step 50 of 100" in why
+    assert "leanrobust resume" not in why
+    (gen / "latest").write_text("step_0000100\n")
+    assert "leanrobust synth sample" in build_report([tmp_path / "runs"]).skipped[str(gen)]
+    row = next(line for line in to_markdown(rep).splitlines() if line.startswith("| clf |"))
+    assert row.endswith("| 1 |")  # column #: the run's number on the plot
+
+
+def _overlaps(fig, gid):
+    """The text boxes (without leader lines) of the labels, and the pairs that overlap within one axes."""
+    from matplotlib.text import Text
+    renderer = fig.canvas.get_renderer()
+    texts = [(ax, t) for ax in fig.axes for t in ax.texts if t.get_gid() == gid]
+    for _, t in texts:
+        t.update_positions(renderer)
+    boxes = [(id(ax), Text.get_window_extent(t, renderer)) for ax, t in texts]
+    return boxes, [(i, j) for i in range(len(boxes)) for j in range(i)
+                   if boxes[i][0] == boxes[j][0] and boxes[i][1].overlaps(boxes[j][1])]
+
+
+def test_plot_has_error_bars_separate_labels_a_caption_and_a_one_run_front(tmp_path):
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    from leanrobust.report import caption, make_figure
+    # eight runs bunched within a point of each other: their labels must not overlap
+    for i in range(8):
+        fake_run(tmp_path / f"r{i}", clean=0.80 + 0.001 * i, robust={"pgd20": 0.60 + 0.001 * (i % 3)}, n=1000,
+                 grad_evals=1000 + 10 * i)
+    fake_run(tmp_path / "big", clean=0.7, robust={"pgd20": 0.5}, n=10000)
+    rep = build_report([tmp_path])
+    fig = make_figure(rep)
+    fig.canvas.draw()
+    boxes, clashes = _overlaps(fig, "label")
+    assert len(boxes) == 2 * len(rep.records) and clashes == []
+    left, right = fig.axes[:2]
+    bars = [c for c in left.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == len(rep.records)
+    big = next(c for c, r in zip(bars, rep.records) if r.name == "big")  # one threat model: records' order
+    assert not big.has_xerr and not big.has_yerr  # 10,000 points: no bar
+    assert all(c.has_xerr and c.has_yerr for c in bars if c is not big)
+    text = " ".join(t.get_text() for t in fig.texts)
+    legend = [t.get_text() for t in left.get_legend().get_texts()]
+    assert all(label in text or label in caption(rep) for label in legend)
+    assert "Wilson" in caption(rep) and "Pareto front" in caption(rep) and "r0" in text
+    plt.close(fig)
+    # a front of one run is still drawn
+    one = build_report([tmp_path / "r0"])
+    fig = make_figure(one)
+    rings = [c for c in fig.axes[0].collections if c.get_gid() == "pareto"]
+    assert len(rings) == 1 and len(rings[0].get_offsets()) == 1
+    plt.close(fig)
+
+
+def test_an_evaluation_on_another_test_set_is_not_merged_into_the_run(tmp_path):
+    d = fake_run(tmp_path / "a", clean=0.8, robust={"pgd20": 0.7}, n=100, data={"dataset": "fashion_mnist"})
+    (d / "eval_linf_0.1_1000_pgd20_seed0.json").write_text(json.dumps(
+        {"dataset": "mnist", "n": 1000, "eps": 0.1, "norm": "linf", "clean_acc": 0.1, "robust_acc": {"pgd20": 0.05}}))
+    r = read_run(d)
+    assert (r.clean_acc, r.n) == (0.8, 100) and r.robust["pgd20"] == (0.7, 100)

@@ -452,6 +452,34 @@ def test_warmup_model_trains_under_the_configs_own_schedule(monkeypatch):
     assert seen == {"epochs": 10, "trained": [0, 1]}
 
 
+def test_warmup_of_a_method_config_drops_its_selection_settings(monkeypatch):
+    """A shipped method config (selection method, fraction, params, sample weighting) warms up on the full pool:
+    the warm-up config keeps none of the settings that would be refused without a selection."""
+    import leanrobust.train
+    from leanrobust.cli_selection import _warmup_model
+    from leanrobust.config import validate_config
+
+    seen = {}
+
+    class FakeTrainer:
+        def __init__(self, cfg, run_dir):
+            seen["cfg"] = cfg
+            self.pool = self.device = None
+
+        def train_epoch(self, e):
+            pass
+
+        def eval_model(self):
+            return None
+
+    monkeypatch.setattr(leanrobust.train, "Trainer", FakeTrainer)
+    cfg = validate_config({"data": {"weighting": "sample"}, "selection": {
+        "method": "puma", "fraction": 0.5, "start_epoch": 1, "params": {"q": 0.2}}})
+    _warmup_model(cfg, 1)
+    w = seen["cfg"]
+    assert w.selection.method == "none" and w.selection.params == {} and w.data.weighting == "loss"
+
+
 def test_cli_score_with_warmup_on_npz(tmp_path):
     rng = np.random.default_rng(0)
     n = 40

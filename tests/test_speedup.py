@@ -213,3 +213,23 @@ def test_cli_writes_the_files_and_a_bad_baseline_exits_2(tmp_path):
     r = runner.invoke(app, ["speedup", str(tmp_path / "runs"), "--baseline", "nope", "--out", str(tmp_path / "o2")])
     assert r.exit_code == 2 and "no group named 'nope'" in r.output and "found: base, fast" in r.output
     assert not (tmp_path / "o2").exists()
+
+
+def test_plot_bands_every_curve_measured_on_few_points_and_explains_every_series(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from leanrobust.speedup import caption, make_figure
+    for s in (0, 1):
+        fake_run(tmp_path, "base", s, BASE)
+        fake_run(tmp_path, "fast", s, [(100, 0.6), (200, 0.7)])
+    res = build_speedup([tmp_path], "base", boot=50)
+    fig = make_figure(res)
+    ax = fig.axes[0]
+    assert len([c for c in ax.collections if c.get_gid() == "band"]) == 4  # one per seed curve (100 points each)
+    text = caption(res)
+    assert "Wilson" in text and "100 held-out points" in text and "thin lines" in text and "Star" in text
+    assert "Dashed line: the target" in text and [t.get_text() for t in fig.texts if t.get_gid() == "caption"]
+    legend = ax.get_legend()
+    renderer = fig.canvas.get_renderer()
+    assert legend.get_window_extent(renderer).y1 <= ax.get_window_extent(renderer).y0  # below the curves
+    plt.close(fig)

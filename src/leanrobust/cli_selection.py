@@ -70,8 +70,9 @@ def _warmup_model(cfg, epochs: int):
 
     raw = cfg.model_dump()
     raw["optim"]["epochs"] = max(epochs, cfg.optim.epochs)
-    raw["selection"]["method"] = "none"
+    raw["selection"] = {}  # the warm-up trains on the full pool: no selection settings at all
     raw["data"]["selection"] = None
+    raw["data"]["weighting"] = "loss"
     from .config import validate_config
 
     wcfg = validate_config(raw, "warm-up")

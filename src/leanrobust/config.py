@@ -1,7 +1,12 @@
 """The experiment schema: one validated structure with every hyper-parameter visible.
-Unknown keys and wrong types are rejected naming the key (pydantic, extra='forbid')."""
+Unknown keys and wrong types are rejected naming the key (pydantic, extra='forbid'), with a "did you
+mean" for a mistyped key or choice; so are settings the run would ignore, non-finite numbers, booleans
+where numbers belong and duplicate YAML keys."""
 from __future__ import annotations
 
+import difflib
+import math
+import typing
 import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -14,8 +19,33 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the schema."""
 
 
+def did_you_mean(word: Any, choices, cutoff: float = 0.6) -> str:
+    """' (did you mean 'x'?)' for the closest of `choices` to a mistyped `word`, else ''."""
+    if not isinstance(word, str):
+        return ""
+    best = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=cutoff)
+    return f" (did you mean {best[0]!r}?)" if best else ""
+
+
+def _takes_number(annotation: Any) -> bool:
+    """True for int/float annotations, also inside Optional[...] and list[...]."""
+    if annotation in (int, float):
+        return True
+    return any(_takes_number(a) for a in typing.get_args(annotation) if a is not bool)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, v: Any, info: ValidationInfo) -> Any:
+        """pydantic reads `epochs: true` as 1: a boolean where a number belongs is a mistake, not a count."""
+        field = cls.model_fields.get(info.field_name)
+        if field is not None and _takes_number(field.annotation) and bool not in typing.get_args(field.annotation):
+            if isinstance(v, bool) or isinstance(v, list) and any(isinstance(x, bool) for x in v):
+                raise ValueError("expected a number, got a boolean")
+        return v
 
 
 class DataConfig(_Strict):
@@ -28,12 +58,14 @@ class DataConfig(_Strict):
     train_subset: Optional[int] = Field(None, ge=1, description="class-balanced random subset of the real training set")
     val_size: int = Field(2000, ge=0, description="held-out real training images: the per-epoch curve and model selection")
     val_seed: Optional[int] = Field(
-        0, description="seed of the held-out split, drawn from the whole real training set before train_subset, so "
+        0, ge=0, lt=2**32,
+        description="seed of the held-out split, drawn from the whole real training set before train_subset, so "
                        "every run on a dataset is validated on the same images whatever its seed; null: the run's "
                        "seed, drawn after train_subset (how runs written before this key were split)")
     pool: Optional[str] = Field(None, description="npz that replaces the real training pool (e.g. DM-condensed "
                                                  "images); validation still comes from the dataset's training split")
-    generated: Optional[str] = Field(None, description="npz of generated images mixed into every batch")
+    generated: Optional[str] = Field(None, description="generated images mixed into every batch: an npz, or a folder "
+                                                      "of npz / .npy shards read per batch (pools larger than memory)")
     gen_fraction: float = Field(0.7, ge=0.0, le=1.0, description="generated share of each batch (Wang et al. 2023)")
     selection: Optional[str] = Field(None, description="Selection npz (indices, weight, eps) over the training pool")
     weighting: Literal["loss", "sample"] = Field(
@@ -43,6 +75,25 @@ class DataConfig(_Strict):
     augment: bool = True
     crop_pad: Optional[int] = Field(None, ge=0, description="default from the dataset")
     flip: Optional[bool] = Field(None, description="default from the dataset (off for digits/clothes)")
+
+    @model_validator(mode="after")
+    def _fields_in_use(self, info: ValidationInfo) -> "DataConfig":
+        """Settings this data config would ignore: npz-only fields with a built-in dataset, gen_fraction
+        without generated data, flip/crop_pad with augmentation off."""
+        if self.dataset != "npz":
+            for key in ("path", "test_path", "num_classes"):
+                if getattr(self, key) is not None:
+                    _unused(info, f"data.{key} is only read for data.dataset: npz (this config uses the built-in "
+                                  f"{self.dataset!r}); drop it, or set data.dataset: npz")
+        if not self.generated and self.gen_fraction != type(self).model_fields["gen_fraction"].default:
+            _unused(info, f"data.gen_fraction={self.gen_fraction} without data.generated: there is no generated "
+                          "data to mix in; set data.generated to an npz of generated images, or drop gen_fraction")
+        if not self.augment:
+            for key in ("flip", "crop_pad"):
+                if getattr(self, key) is not None:
+                    _unused(info, f"data.{key}={getattr(self, key)} with data.augment: false (no augmentation runs); "
+                                  f"drop data.{key}, or set data.augment: true")
+        return self
 
 
 def _unused(info: ValidationInfo, message: str) -> None:
@@ -89,6 +140,14 @@ class ObjectiveConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     params: dict[str, Any] = Field(default_factory=dict, description="method-specific keyword arguments")
 
+    @model_validator(mode="after")
+    def _eps_in_the_box(self) -> "ObjectiveConfig":
+        """Inputs lie in [0,1]: an Linf radius above 1 allows every image (8/255 is written 0.0314)."""
+        if self.norm == "linf" and self.eps > 1:
+            raise ValueError(f"objective.eps={self.eps:g} with norm linf exceeds 1, the whole [0,1] input range "
+                             "(inputs are in [0,1], not [0,255]: 8/255 is eps: 0.0314)")
+        return self
+
 
 class OptimConfig(_Strict):
     epochs: int = Field(10, ge=1)
@@ -111,6 +170,21 @@ class OptimConfig(_Strict):
             raise ValueError("milestones must be increasing fractions of training in (0, 1)")
         return v
 
+    @model_validator(mode="after")
+    def _fields_in_use(self, info: ValidationInfo) -> "OptimConfig":
+        """milestones/gamma act only in the piecewise schedule, nesterov only with momentum."""
+        if self.schedule != "piecewise":
+            unused = [k for k in ("milestones", "gamma") if getattr(self, k) != type(self).model_fields[k].get_default(
+                call_default_factory=True)]
+            if unused:
+                _unused(info, f"optim.{' and optim.'.join(unused)} only act{'s' * (len(unused) == 1)} in the "
+                              "piecewise schedule, not in "
+                              f"optim.schedule: {self.schedule}; drop them, or set optim.schedule: piecewise")
+        if self.nesterov and self.momentum == 0:
+            _unused(info, "optim.nesterov: true with optim.momentum: 0 (Nesterov needs momentum); set a momentum, "
+                          "or drop nesterov")
+        return self
+
 
 class SelectionConfig(_Strict):
     """Which pool samples train, how much each counts and how hard each is attacked (issue: data selection)."""
@@ -123,6 +197,28 @@ class SelectionConfig(_Strict):
     every: Optional[int] = Field(None, ge=1, description="re-select every R epochs (dynamic); None: once, before training")
     start_epoch: int = Field(0, ge=0, description="train on the full pool before the first selection")
     params: dict[str, Any] = Field(default_factory=dict, description="method-specific keyword arguments")
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        """An unknown method is an error now, not after the data is loaded."""
+        from .selection.dynamic import METHODS
+
+        if v != "none" and v not in METHODS:
+            raise ValueError(f"unknown selection.method {v!r}{did_you_mean(v, ('none',) + METHODS)}; "
+                             f"expected 'none' or one of: {', '.join(METHODS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _fields_in_use(self, info: ValidationInfo) -> "SelectionConfig":
+        """Without a method nothing is selected: every other selection field would be ignored."""
+        if self.method == "none":
+            unused = [k for k, f in type(self).model_fields.items()
+                      if k != "method" and getattr(self, k) != f.get_default(call_default_factory=True)]
+            if unused:
+                _unused(info, f"selection.{', selection.'.join(unused)} set but selection.method is 'none' (nothing "
+                              "is selected); set selection.method, or drop them")
+        return self
 
 
 class ValidationConfig(_Strict):
@@ -152,16 +248,21 @@ class EvalConfig(_Strict):
         """An unknown attack name is an error now, not after all of training."""
         from .masking import ATTACK_RE  # torch-free: the names evaluate.parse_attacks accepts
 
-        bad = [a for a in v if a.strip().lower() != "autoattack" and not ATTACK_RE.match(a.strip().lower())]
+        def known(a: str) -> bool:
+            m = ATTACK_RE.match(a.strip().lower())
+            return a.strip().lower() == "autoattack" or bool(m and int(m.group(2)) >= 1 and int(m.group(3) or 1) >= 1)
+
+        bad = [a for a in v if not known(a)]
         if bad:
-            raise ValueError(f"unknown attack(s) {bad}: use pgdK, cwK (K steps, e.g. pgd20, cw20), pgdKxS "
-                             "(CE on logits x S, e.g. pgd20x10) or autoattack")
+            hint = did_you_mean(bad[0].strip().lower(), ["autoattack", "pgd20", "cw20", "pgd20x10"])
+            raise ValueError(f"unknown attack(s) {bad}{hint}: use pgdK, cwK (K >= 1 steps, e.g. pgd20, cw20), "
+                             "pgdKxS (CE on logits x S, e.g. pgd20x10) or autoattack")
         return v
 
 
 class RunConfig(_Strict):
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32, description="0 .. 2^32-1 (numpy's seed range)")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     amp: bool = Field(True, description="bf16 autocast on CUDA (CPU runs stay fp32)")
     channels_last: bool = Field(True, description="train in NHWC layout (faster cuDNN kernels with AMP on CUDA; "
@@ -195,14 +296,15 @@ class RunConfig(_Strict):
         accepted = {n for n, p in sig.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL} - managed
         bad = sorted(set(self.objective.params) - accepted)
         if bad:
-            raise ValueError(f"objective.params {bad} not accepted by objective {self.objective.name!r} "
+            hint = did_you_mean(bad[0], accepted | managed)
+            raise ValueError(f"objective.params {bad} not accepted by objective {self.objective.name!r}{hint} "
                              f"(set eps/steps/beta/... as objective fields); accepted: {sorted(accepted) or 'none'}")
         return self
 
     @model_validator(mode="after")
     def _objective_fields_are_used(self, info: ValidationInfo) -> "RunConfig":
-        """A non-zero objective.label_smoothing, or a beta set away from its default, with an objective
-        that has no such argument (label smoothing: MART, GAIR-AT, MAIL-AT; beta: PGD-AT, ...) would be
+        """A non-zero objective.label_smoothing, a beta set away from its default, or a step_size, with an
+        objective that has no such argument (label smoothing: MART, GAIR-AT, MAIL-AT; beta: PGD-AT, ...) would be
         dropped silently: reject it, naming the objectives that take it."""
         import inspect
 
@@ -212,13 +314,24 @@ class RunConfig(_Strict):
         if fn is None:
             return self
         default_beta = ObjectiveConfig.model_fields["beta"].default
+        # (objective.steps is not checked: shared base configs set it for every objective of a table, erm included)
         used = {"label_smoothing": bool(self.objective.label_smoothing),
-                "beta": "beta" in self.objective.model_fields_set and self.objective.beta != default_beta}
+                "beta": "beta" in self.objective.model_fields_set and self.objective.beta != default_beta,
+                "step_size": self.objective.step_size is not None}
         for key in (k for k, on in used.items() if on):
             if key not in inspect.signature(fn).parameters:
                 takers = sorted(n for n, f in OBJECTIVES.items() if key in inspect.signature(f).parameters)
                 _unused(info, f"objective.{key}={getattr(self.objective, key)} is not used by objective "
                               f"{self.objective.name!r}; objectives with {key}: {', '.join(takers)}")
+        return self
+
+    @model_validator(mode="after")
+    def _sample_weighting_needs_a_selection(self, info: ValidationInfo) -> "RunConfig":
+        """data.weighting acts on a selection's weights; with neither data.selection nor selection.method
+        every weight is 1 and the setting is ignored."""
+        if self.data.weighting == "sample" and not self.data.selection and self.selection.method == "none":
+            _unused(info, "data.weighting: sample without a selection (data.selection or selection.method): "
+                          "there are no weights to draw by; drop it, or give a selection")
         return self
 
     @model_validator(mode="after")
@@ -237,21 +350,96 @@ class RunConfig(_Strict):
         return self
 
 
+def _section_fields(loc: tuple) -> list[str]:
+    """The keys allowed at `loc` (a path of section names) in the schema, [] when it is not a section."""
+    model: Any = RunConfig
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = field.annotation
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def _key_hint(loc: tuple) -> str:
+    """For an unknown key: the closest key of its section, or the section that has a key of that name."""
+    key = str(loc[-1])
+    elsewhere = [f"{s}.{key}" for s in RunConfig.model_fields if key in _section_fields((s,))]
+    return f" (did you mean {elsewhere[0]!r}?)" if elsewhere else did_you_mean(key, _section_fields(loc[:-1]))
+
+
 def _format_errors(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(root)"
         if e["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key")
+            lines.append(f"  {key}: unknown key{_key_hint(e['loc'])}")
+        elif e["type"] == "literal_error":
+            choices = [c.strip(" '\"") for c in e.get("ctx", {}).get("expected", "").replace(" or ", ", ").split(",")]
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r}){did_you_mean(e.get('input'), choices)}")
+        elif e["type"] == "value_error" and isinstance(e.get("input"), dict):  # a check across keys: it names them
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         else:
-            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"  {key}: {msg} (got {e.get('input')!r})")
     return f"invalid config {source}:\n" + "\n".join(lines)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a mapping with the same key twice (plain YAML keeps the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first}); keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def yaml_load(text: str) -> Any:
+    """Read YAML safely, refusing duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+MAX_INT = 2**53  # no setting needs more; larger values overflow torch's int64 arithmetic (seeds, counts)
+
+
+def check_numbers(obj: Any, path: str = "", _seen: set | None = None) -> None:
+    """Reject non-finite floats and integers beyond +-2^53 anywhere in a raw config, naming the key
+    (objective.params and selection.params are free-form, so the schema alone cannot catch them there).
+    Each container is visited once, so YAML aliases cannot make the walk exponential or endless."""
+    seen = set() if _seen is None else _seen
+    if isinstance(obj, (dict, list, tuple)):
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            check_numbers(v, f"{path}.{k}" if path else str(k), seen)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_numbers(v, f"{path}[{i}]", seen)
+    elif isinstance(obj, float) and not math.isfinite(obj):
+        raise ConfigError(f"{path or 'config'}: {obj} is not a finite number; every number in a config must be finite")
+    elif isinstance(obj, int) and not isinstance(obj, bool) and abs(obj) > MAX_INT:
+        raise ConfigError(f"{path or 'config'}: {obj} is too large (limit +-2^53)")
 
 
 def _parse_value(text: str) -> Any:
     """A --set value is read as YAML so that numbers, booleans, lists and null work."""
     try:
-        return yaml.safe_load(text)
+        return yaml_load(text)
+    except yaml.constructor.ConstructorError as e:
+        raise ConfigError(f"override value {text!r}: {e.problem}") from None
     except yaml.YAMLError:
         return text
 
@@ -276,8 +464,15 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def validate_config(raw: dict, source: str = "<dict>", *, lenient: bool = False) -> RunConfig:
     """lenient: settings the run would ignore only warn (re-reading an existing run's config); a run
     written before `data.val_seed` existed keeps its split (val_seed null: the run's own seed)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid config {source}: the top level must be a mapping of sections, "
+                          f"got {type(raw).__name__}")
     if lenient and isinstance(raw.get("data"), dict) and "val_seed" not in raw["data"]:
         raw = {**raw, "data": {**raw["data"], "val_seed": None}}
+    try:
+        check_numbers(raw)
+    except ConfigError as e:
+        raise ConfigError(f"invalid config {source}:\n  {e}") from None
     try:
         return RunConfig.model_validate(raw, context={"lenient": lenient})
     except ValidationError as e:
@@ -295,11 +490,21 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, *, 
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
+            raw = yaml_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config ({e})") from None
+        if raw is None:
+            raw = {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        if not raw and not overrides:
+            if not lenient:
+                raise ConfigError(f"{path} is empty: it would train the full default (all of Fashion-MNIST, "
+                                  "10 epochs of PGD-AT); write the settings you mean (see `leanrobust config show` "
+                                  "for every default, or start from configs/fmnist_demo.yaml)")
+            warnings.warn(f"{path} is empty: using the defaults", stacklevel=2)
     raw = apply_overrides(raw, overrides or [])
     return validate_config(raw, source, lenient=lenient)
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed  # under torchrun: each rank attacks its share of the points, results joined
 from .attacks import autoattack, pgd
 from .attacks.common import channels_last, eval_mode
 from .masking import ATTACK_RE, masking_flags  # ATTACK_RE: pgdK / cwK / pgdKxS (K steps, logits x S)
@@ -25,8 +26,8 @@ def parse_attacks(names: list[str] | str) -> list[str]:
     out = []
     for n in (s.strip().lower() for s in names):
         m = ATTACK_RE.match(n)
-        if n != "autoattack" and (not m or m.group(3) is not None and int(m.group(3)) == 0):
-            raise ValueError(f"unknown attack {n!r}: use pgdK, cwK (K = steps, e.g. pgd20, cw20), pgdKxS "
+        if n != "autoattack" and (not m or int(m.group(2)) == 0 or m.group(3) is not None and int(m.group(3)) == 0):
+            raise ValueError(f"unknown attack {n!r}: use pgdK, cwK (K >= 1 steps, e.g. pgd20, cw20), pgdKxS "
                              "(PGD-K with cross-entropy on the logits times S >= 1, e.g. pgd20x10) or autoattack")
         out.append(n)
     return out
@@ -76,26 +77,29 @@ def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
             if name == "autoattack":
                 m = n if autoattack_n is None else min(autoattack_n, n)
                 state = Path(state_dir) / f"autoattack_{autoattack_version}_{m}.json" if state_dir else None
-                res = autoattack(model, x[:m].to(device), y[:m].to(device), eps=eps, norm=norm,
+                lo, hi = distributed.even_range(m)  # all m points in one process
+                res = autoattack(model, x[lo:hi].to(device), y[lo:hi].to(device), eps=eps, norm=norm,
                                  version="standard" if autoattack_version == "standard" else "custom",
                                  attacks=AA_VERSIONS[autoattack_version], seed=seed, batch_size=batch_size,
-                                 state_path=state, device=device, progress=progress)
-                result["robust_acc"]["autoattack"] = float(res.accuracy)
-                robust_pts["autoattack"] = res.robust.cpu()
+                                 state_path=distributed.state_path(state), device=device, progress=progress)
+                robust_pts["autoattack"] = distributed.gather(res.robust.cpu())
+                result["robust_acc"]["autoattack"] = robust_pts["autoattack"].float().mean().item()
                 result["autoattack_n"] = m
                 result["autoattack_version"] = autoattack_version
                 continue
             kind, steps, scale = ATTACK_RE.match(name).groups()
             attacked = ScaledLogits(model, int(scale)) if scale else model  # predictions: the model's own
+            lo, hi = distributed.shard_range(n, batch_size)  # whole batches; (0, n) in one process
             torch.manual_seed(seed)
-            correct = []
-            for i in tqdm(range(0, n, batch_size), desc=f"eval {name}", disable=not progress, leave=False):
+            distributed.skip_random_starts(x[:lo], batch_size, eps, norm, device)  # as if batches 0..lo ran here
+            correct = [torch.zeros(0, dtype=torch.bool)]
+            for i in tqdm(range(lo, hi, batch_size), desc=f"eval {name}", disable=not progress, leave=False):
                 xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
                 xa = pgd(attacked, xb, yb, eps, steps=int(steps), norm=norm, loss="ce" if kind == "pgd" else "cw")
                 with torch.no_grad(), eval_mode(model):
                     correct.append((model(xa).argmax(1) == yb).cpu())
             # robust = correct on x and on x_adv (as AutoAttack counts): a misclassified point is not robust
-            robust_pts[name] = torch.cat(correct) & clean_correct.cpu()
+            robust_pts[name] = distributed.gather(torch.cat(correct)) & clean_correct.cpu()
             result["robust_acc"][name] = robust_pts[name].float().mean().item()
         m = result.get("autoattack_n")
         result["masking"] = masking_flags(

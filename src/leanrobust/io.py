@@ -88,9 +88,39 @@ def _cpu_state(model_or_state: nn.Module | dict) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
 
 
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors header with its metadata keys sorted: safetensors writes them from a hash
+    map, in an order that changes between processes, so two identical runs gave different file hashes."""
+    with open(path, "rb+") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        new = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        new += b" " * (-len(new) % 8)
+        if len(new) <= n:  # the same keys in another order: same length, rewritten in place
+            f.seek(8)
+            f.write(new + b" " * (n - len(new)))
+            return
+        f.seek(8 + n)
+        data = f.read()
+        f.seek(0)
+        f.write(len(new).to_bytes(8, "little") + new + data)
+        f.truncate()
+
+
 def save_weights(path: str | Path, model_or_state: nn.Module | dict, metadata: dict[str, str] | None = None) -> Path:
+    """Write weights (and string metadata) as safetensors, atomically and byte-for-byte reproducibly."""
     state = _cpu_state(model_or_state)
-    return atomic_write(path, lambda p: save_file(state, str(p), metadata=metadata))
+
+    def write(p: Path) -> None:
+        try:
+            save_file(state, str(p), metadata=metadata)
+        except SafetensorError as e:  # e.g. a full disk: safetensors reports it as its own error type
+            raise OSError(f"{path}: cannot write the weights file ({e}); is the disk full?") from None
+        _canonical_header(p)
+
+    return atomic_write(path, write)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
@@ -120,11 +150,27 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     return atomic_write(path, lambda p: torch.save(state, p))
 
 
+def _torch_detail(message: str) -> str:
+    """What went wrong in a torch.load error, without torch's advice to retry with weights_only=False
+    (which would execute whatever the file holds)."""
+    skip = ("weights_only", "pytorch 2.6", "file an issue", "check the documentation", "trusted source")
+    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
+    kept = [ln for ln in lines if not any(k in ln.lower() for k in skip)]
+    return "; ".join(kept)[:300] or "not a checkpoint torch can read safely"
+
+
 def load_checkpoint(path: str | Path) -> dict:
+    """A checkpoint written by save_checkpoint: read with weights_only=True, so it never runs code."""
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise WeightsError(f"{path}: checkpoint does not exist") from None
     except Exception as e:  # torch raises UnpicklingError/RuntimeError for unsafe or corrupt files
-        raise WeightsError(f"{path}: unreadable or unsafe checkpoint ({type(e).__name__}: {e})") from None
+        raise WeightsError(f"{path}: unreadable or unsafe checkpoint, refused ({type(e).__name__}: "
+                           f"{_torch_detail(e)}); leanrobust reads only tensors, numbers, strings, lists and "
+                           "dicts from a checkpoint. If it was written by leanrobust it is damaged: start the run "
+                           "again in a new directory") from None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: not a leanrobust checkpoint (holds a {type(state).__name__}, expected a dict)")
+    return state

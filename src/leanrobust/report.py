@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 from .evaluate import ATTACK_RE
 from .io import write_json, write_text
 from .masking import masking_flags, merge_masking, short_flag
@@ -68,6 +70,10 @@ def find_runs(paths: list[str | Path]) -> tuple[list[Path], dict[str, str]]:
         if (d / SUMMARY).is_file():
             finished.append(d)
             return True
+        generator = generator_run(d)
+        if generator:
+            skipped[str(d)] = generator
+            return True
         if (d / CHECKPOINT).is_file() or (d / CONFIG).is_file():
             skipped[str(d)] = f"unfinished (no {SUMMARY}): continue it with `leanrobust resume {d}`"
             return True
@@ -86,6 +92,33 @@ def find_runs(paths: list[str | Path]) -> tuple[list[Path], dict[str, str]]:
     for d in finished:  # one entry per directory however it was named (relative, absolute, twice)
         unique.setdefault(d.resolve(), d)
     return list(unique.values()), skipped
+
+
+def generator_run(d: Path) -> Optional[str]:
+    """For a `leanrobust synth train` directory (a generator, not a classifier): why it is not in the report
+    and the command that continues or uses it; None for any other directory."""
+    from .proxy.generator import CKPT_DIR, LATEST
+
+    cfg: dict = {}
+    if (d / CONFIG).is_file():
+        try:
+            loaded = yaml.safe_load((d / CONFIG).read_text())
+            cfg = loaded if isinstance(loaded, dict) else {}
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            cfg = {}
+    if not ((d / LATEST).is_file() or (d / CKPT_DIR).is_dir() or "timesteps" in cfg):
+        return None
+    try:
+        step = int((d / LATEST).read_text().strip().split("_")[1])
+    except (OSError, ValueError, IndexError):
+        step = 0
+    steps = cfg.get("steps")
+    if isinstance(steps, int) and step >= steps:
+        return (f"a generator run (leanrobust synth train), complete at step {step}; not a classifier: sample "
+                f"from it with `leanrobust synth sample {d} --n N --out gen.npz`")
+    at = f"at step {step} of {steps}" if isinstance(steps, int) else f"at step {step}"
+    return (f"an unfinished generator run (leanrobust synth train) {at}; not a classifier: continue it with "
+            f"`leanrobust synth train {d / CONFIG} --out {d}`")
 
 
 def _read_json(path: Path) -> dict:
@@ -137,11 +170,13 @@ def read_run(run_dir: str | Path) -> RunRecord:
     norm, eps = obj.get("norm", "linf"), float(obj.get("eps", 0.0))
     ev0 = {**s["eval"], "clean_acc": s["clean_acc"], "robust_acc": s["robust_acc"]}
     evals = [ev0]
+    run_data = (cfg.get("data") or {}).get("dataset", "fashion_mnist")  # an eval on another test set is not this run's
     for f in sorted(run_dir.glob("eval_*.json"), key=lambda f: f.stat().st_mtime):
         ev = _read_json(f)
         if not {"n", "clean_acc", "robust_acc"} <= ev.keys():
             raise ValueError(f"{f}: missing n, clean_acc or robust_acc; is this a `leanrobust eval` result?")
-        if ev.get("norm") == norm and math.isclose(float(ev.get("eps", -1)), eps, abs_tol=1e-9):
+        same_threat = ev.get("norm") == norm and math.isclose(float(ev.get("eps", -1)), eps, abs_tol=1e-9)
+        if ev.get("dataset", run_data) == run_data and same_threat:
             evals.append(ev)
     clean, n = s["clean_acc"], int(s["eval"].get("n", 0))
     robust: dict[str, tuple[float, int]] = {}
@@ -251,13 +286,14 @@ def to_markdown(rep: Report) -> str:
     lines += ["Accuracies in %; a number in brackets is the count of test points when it differs from the clean "
               f"column's. front: on the clean / {rep.attack} Pareto front. {FAST_AA}: APGD-CE + APGD-T only (an upper "
               "bound on standard AutoAttack's accuracy). pgdKxS: PGD-K with cross-entropy on the logits times S. "
+              "#: the run's number on report.png. "
               "masking: ⚠ with the gap in points where an attack falls far below PGD-CE (likely gradient masking: "
               "PGD-CE overstates robustness; threshold max(3 points, 3 SE) for CW and scaled CE, max(6, 3 SE) "
               "for AutoAttack), empty when no gap is flagged, - when nothing could be compared.", "",
               "| run | objective | data | threat | n_train | clean (n) | " + " | ".join(attacks)
-              + " | masking | train s | grad evals | device | front |",
-              "|---" * (11 + len(attacks)) + "|"]
-    for r in rep.records:
+              + " | masking | train s | grad evals | device | front | # |",
+              "|---" * (12 + len(attacks)) + "|"]
+    for rank, r in enumerate(rep.records, 1):
         cells = []
         for a in attacks:
             if a not in r.robust:
@@ -267,40 +303,146 @@ def to_markdown(rep: Report) -> str:
             cells.append(_pct(acc) + ("" if pts == r.n else f" ({pts})"))
         lines.append(f"| {r.name} | {r.objective} | {r.data} | {r.norm} {r.eps:g} | {r.n_train} | "
                      f"{_pct(r.clean_acc)} ({r.n}) | " + " | ".join(cells) + f" | {short_flag(r.masking)}"
-                     + f" | {r.train_seconds:.0f} | {r.grad_evals:,} | {r.device} | {'*' if r.name in rep.front else ''} |")
+                     + f" | {r.train_seconds:.0f} | {r.grad_evals:,} | {r.device} | "
+                     + f"{'*' if r.name in rep.front else ''} | {rank} |")
+    lines += ["", f"Figure (report.png): {caption(rep)}"]
     if rep.skipped:
         lines += ["", "Not in the table:"] + [f"- {k}: {v}" for k, v in rep.skipped.items()]
     return "\n".join(lines) + "\n"
 
 
-def plot(rep: Report, path: str | Path) -> Path:
-    """Left: clean vs robust accuracy with the Pareto front; right: robust accuracy vs training
-    cost (forward+backward passes). One marker per threat model."""
+ERROR_BAR_MAX_N = 10_000  # accuracies measured on fewer test points get a 95% binomial interval
+
+
+def binomial_ci(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of an accuracy p measured on n points (95% by default)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _err(p: float, n: int) -> Optional[list[list[float]]]:
+    """Asymmetric error bar (in %) for matplotlib, None from ERROR_BAR_MAX_N points on."""
+    if n >= ERROR_BAR_MAX_N:
+        return None
+    lo, hi = binomial_ci(p, n)
+    return [[100 * (p - lo)], [100 * (hi - p)]]
+
+
+def caption(rep: Report) -> str:
+    """What every series of the figure means (printed under the plot and in report.md)."""
+    tms = "; ".join(f"{m} {tm}" for tm, m in zip(rep.threat_models, _MARKER_NAMES))
+    return (f"Left: clean accuracy against {rep.attack} accuracy; right: {rep.attack} accuracy against training cost "
+            "(grad evals: forward+backward sample passes of training, attacks and selection scoring included, log "
+            f"scale). Markers: the threat model each run was trained and attacked at ({tms}). Numbers: the run's "
+            "rank (column # of report.md; key below). Error bars: 95% Wilson binomial intervals of accuracies measured "
+            f"on fewer than {ERROR_BAR_MAX_N:,} test points (none from {ERROR_BAR_MAX_N:,} on). Pareto front (dashed "
+            "staircase, ringed runs): runs that no run of the same threat model beats in both clean and robust "
+            "accuracy.")
+
+
+_MARKERS = "osD^v<>p*h"
+_MARKER_NAMES = ("circle", "square", "diamond", "triangle", "down-triangle", "left-triangle", "right-triangle",
+                 "pentagon", "star", "hexagon")
+
+
+def _place_labels(fig, ax, points: list[tuple[float, float, str]], ringed: set[str]) -> list:
+    """Number labels next to their points, each at the first of a ring of offsets (growing outward) where it
+    overlaps no label placed before and no other run's marker, with a leader line once it sits away from
+    its point. ringed: labels of points drawn with a Pareto ring (a larger marker)."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    px = fig.dpi / 72
+    markers = []
+    for x, y, label in points:
+        cx, cy = ax.transData.transform((x, y))
+        r = (9 if label in ringed else 5) * px
+        markers.append(Bbox.from_extents(cx - r, cy - r, cx + r, cy + r))
+    offsets = [(dx * r, dy * r) for r in (1, 1.8, 2.6, 3.5, 5) for dx, dy in
+               ((6, 5), (6, -12), (-12, 5), (-12, -12), (9, -3), (-16, -3), (-3, 9), (-3, -16))]
+    placed: list = []
+    texts = []
+    for k, (x, y, label) in enumerate(points):
+        others = [b for j, b in enumerate(markers) if j != k]
+        for i, off in enumerate(offsets):
+            far = i >= 8
+            t = ax.annotate(label, (x, y), xytext=off, textcoords="offset points", fontsize=7, gid="label",
+                            arrowprops=dict(arrowstyle="-", lw=0.5, color="0.4", shrinkA=0, shrinkB=3) if far else None)
+            t.update_positions(renderer)
+            box = Text.get_window_extent(t, renderer)  # the text alone, not its leader line
+            if not any(box.overlaps(b) for b in placed + others) or i == len(offsets) - 1:
+                placed.append(box)
+                texts.append(t)
+                break
+            t.remove()
+    return texts
+
+
+def make_figure(rep: Report):
+    """The report's figure: left clean vs robust accuracy with the Pareto front, right robust accuracy vs
+    training cost; one marker per threat model, binomial error bars, numbered runs with a key and a caption."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import textwrap
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    markers = dict(zip(rep.threat_models, "osD^v<>p*h"))
+    key = [f"{i:>2}  {r.name} ({r.objective}; {r.data}; {threat_model(r)})" for i, r in enumerate(rep.records, 1)]
+    cap = textwrap.wrap(caption(rep), 150)
+    extra = 0.14 * (len(key) + 1) + 0.15 * len(cap) + 0.4
+    fig = plt.figure(figsize=(11, 4.5 + extra))
+    top = 4.5 / (4.5 + extra)
+    ax1 = fig.add_axes((0.07, 1 - top + 0.1 * top, 0.40, 0.78 * top))
+    ax2 = fig.add_axes((0.57, 1 - top + 0.1 * top, 0.40, 0.78 * top))
+    markers = dict(zip(rep.threat_models, _MARKERS))
+    acc = {r.name: rep.attack for r in rep.records}
     for tm, mk in markers.items():
         rs = [r for r in rep.records if threat_model(r) == tm]
-        ax1.scatter([100 * r.clean_acc for r in rs], [100 * r.robust[rep.attack][0] for r in rs], marker=mk, label=tm)
-        ax2.scatter([max(r.grad_evals, 1) for r in rs], [100 * r.robust[rep.attack][0] for r in rs], marker=mk, label=tm)
+        for j, r in enumerate(rs):
+            y, pts = r.robust[acc[r.name]]
+            kw = dict(fmt=mk, color=f"C{rep.threat_models.index(tm)}", ms=6, capsize=2, elinewidth=0.8,
+                      label=tm if j == 0 else None)
+            ax1.errorbar([100 * r.clean_acc], [100 * y], xerr=_err(r.clean_acc, r.n), yerr=_err(y, pts), **kw)
+            ax2.errorbar([max(r.grad_evals, 1)], [100 * y], yerr=_err(y, pts), **kw)
     for i, tm in enumerate(rep.threat_models):  # a staircase per threat model: no interpolation between runs
         front = sorted((r for r in rep.records if r.name in rep.front and threat_model(r) == tm), key=lambda r: r.clean_acc)
-        ax1.plot([100 * r.clean_acc for r in front], [100 * r.robust[rep.attack][0] for r in front], "k--", lw=0.8,
-                 drawstyle="steps-pre", label="Pareto front" if i == 0 else None)
-    for r in rep.records:
-        y = 100 * r.robust[rep.attack][0]
-        ax1.annotate(r.name, (100 * r.clean_acc, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax2.annotate(r.name, (max(r.grad_evals, 1), y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        xs, ys = [100 * r.clean_acc for r in front], [100 * r.robust[rep.attack][0] for r in front]
+        ax1.plot(xs, ys, "k--", lw=0.8, drawstyle="steps-pre")
+        # rings: the front is visible even when it is one run
+        ax1.scatter(xs, ys, s=160, facecolors="none", edgecolors="black", linewidths=0.9, gid="pareto",
+                    label="Pareto front" if i == 0 else None, zorder=3)
     ax1.set(xlabel="clean accuracy (%)", ylabel=f"{rep.attack} accuracy (%)", title="accuracy-robustness trade-off")
-    ax2.set(xscale="log", xlabel="training cost (samples forwarded with gradients)", ylabel=f"{rep.attack} accuracy (%)",
+    ax2.set(xscale="log", xlabel="training cost (grad evals, log scale)", ylabel=f"{rep.attack} accuracy (%)",
             title="robustness per compute")
+    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
+    ax2.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax2.xaxis.set_major_formatter(EngFormatter(sep=""))  # 1k, 20k, 5M: short labels that never collide
+    ax2.xaxis.set_minor_formatter(NullFormatter())
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-    ax1.legend(fontsize=8)
-    fig.tight_layout()
+        ax.margins(0.12)
+    ax1.legend(fontsize=8, loc="best")
+    fig.canvas.draw()  # final limits: labels are placed in display coordinates
+    ringed = {str(i) for i, r in enumerate(rep.records, 1) if r.name in rep.front}
+    for ax, xof, rings in ((ax1, lambda r: 100 * r.clean_acc, ringed), (ax2, lambda r: max(r.grad_evals, 1), set())):
+        pts = [(xof(r), 100 * r.robust[rep.attack][0], str(i)) for i, r in enumerate(rep.records, 1)]
+        _place_labels(fig, ax, pts, rings)
+    y = 1 - top - 0.02 * top
+    fig.text(0.07, y, "\n".join(["Runs (number: rank):"] + key), va="top", ha="left", fontsize=7.5,
+             family="monospace", gid="key")
+    fig.text(0.07, 0.01, "\n".join(cap), va="bottom", ha="left", fontsize=7.5, gid="caption")
+    return fig
+
+
+def plot(rep: Report, path: str | Path) -> Path:
+    """Write make_figure(rep) as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = make_figure(rep)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -333,21 +333,54 @@ def to_markdown(s: Speedup) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(s: Speedup, path: str | Path) -> Path:
+BAND_MAX_N = 10_000  # curve points measured on fewer held-out points get a 95% binomial band
+
+
+def _wilson(p: np.ndarray, n: int, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval (95%) of accuracies p, each measured on n points."""
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+
+
+def caption(s: Speedup) -> str:
+    """What every series of the curves plot means (printed under it)."""
+    ns = sorted({c.val_n for c in s.curves if c.val_n})
+    band = (f"Shaded: 95% Wilson binomial interval of each seed's accuracy on its {', '.join(map(str, ns))} held-out "
+            "points" if ns and max(ns) < BAND_MAX_N else "No intervals: curves measured on 10,000 or more points, or "
+            "on a varying number")
+    return (f"{metric_label(s.metric).capitalize()} against training compute (grad evals: forward+backward sample "
+            "passes of training, selection scoring included, validation excluded; log scale). One colour per group "
+            "(config name): thin lines are its seeds, the thick line with dots their mean at the points every seed logged. "
+            f"{band}. Dashed line: the target {_pct(s.target)}% ({s.target_how}). Star: the group's reach point, "
+            "the mean grad evals at which its seeds first reached the target (only when every seed did).")
+
+
+def make_figure(s: Speedup):
     """The metric (%) against grad evals for every run on one figure: a colour per group, seeds as thin
-    lines, the group's mean curve (over the points every seed logged) thick, the target dashed, and each
-    group's reach point (mean grad evals to target) starred."""
+    lines with binomial bands, the group's mean curve (over the points every seed logged) thick, the target
+    dashed, and each group's reach point (mean grad evals to target) starred; legend and caption below."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import textwrap
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    cap = textwrap.wrap(caption(s), 110)
+    rows = (len(s.groups) + 2 + 1) // 2  # legend entries in two columns
+    extra = 0.22 * rows + 0.15 * len(cap) + 0.6
+    fig = plt.figure(figsize=(8, 5 + extra))
+    top = 5 / (5 + extra)
+    ax = fig.add_axes((0.1, 1 - top + 0.12 * top, 0.86, 0.78 * top))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, g in enumerate(s.groups):
         colour, cs = colours[i % len(colours)], [c for c in s.curves if c.name == g.name]
         for c in cs:
             ax.plot(c.grad_evals, [100 * v for v in c.value], color=colour, lw=0.8, alpha=0.45)
-        common = sorted(set.intersection(*(set(c.epoch) for c in cs)) - {None})
+            if c.val_n and c.val_n < BAND_MAX_N and c.value:
+                lo, hi = _wilson(np.asarray(c.value, dtype=float), c.val_n)
+                ax.fill_between(c.grad_evals, 100 * lo, 100 * hi, color=colour, alpha=0.12, lw=0, gid="band")
+        common = sorted(set.intersection(*(set(c.epoch) for c in cs)) - {None}) if cs else []
         if common:  # mean over seeds at each epoch (or mid-epoch point) they all logged
             at = [[c.epoch.index(e) for e in common] for c in cs]
             x = np.mean([[c.grad_evals[j] for j in idx] for c, idx in zip(cs, at)], axis=0)
@@ -361,8 +394,17 @@ def plot(s: Speedup, path: str | Path) -> Path:
            ylabel=f"{metric_label(s.metric)} (%)",
            title=f"{metric_label(s.metric)} vs compute; target {_pct(s.target)}%")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
+    # below the axes: a legend never hides a curve
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.13), ncol=2, frameon=False)
+    fig.text(0.1, 0.01, "\n".join(cap), va="bottom", ha="left", fontsize=7.5, gid="caption")
+    return fig
+
+
+def plot(s: Speedup, path: str | Path) -> Path:
+    """Write make_figure(s) as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = make_figure(s)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

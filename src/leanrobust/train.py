@@ -1,6 +1,8 @@
 """The training loop: data as uint8 tensors on the device selected by index tensors, one
 objective call per batch of (x, y, eps, weight), per-epoch validation choosing the best
-checkpoint, and a run directory that can be resumed after any interruption."""
+checkpoint, and a run directory that can be resumed after any interruption. Under torchrun the model
+is wrapped in DistributedDataParallel, each rank trains its share of every global batch, and rank 0
+alone writes the run directory (distributed.py)."""
 from __future__ import annotations
 
 import json
@@ -16,7 +18,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, distributed
 from .accounting import PassCounter
 from .attacks import pgd
 from .attacks.common import eval_mode
@@ -42,12 +44,13 @@ CONFIG = "config.yaml"
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device of this process: auto -> cuda when available; under torchrun, cuda:LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-    return dev
+    return distributed.local_device(dev)
 
 
 def seed_everything(seed: int) -> None:
@@ -95,11 +98,8 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.rank = int(os.environ.get("RANK", 0))
-        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
-        if self.world_size > 1:
-            raise NotImplementedError("multi-process (torchrun/DDP) training is not enabled yet; the sampler "
-                                      "already shards batches by rank, the loop will wrap the model next")
+        distributed.init(self.device)  # torchrun: join the process group (a no-op in one process)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
         self.cuda = self.device.type == "cuda"
         seed_everything(cfg.seed)
         self.data: TrainingData = build_training_data(cfg.data, cfg.seed)
@@ -110,6 +110,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.counter = PassCounter()  # the method's cost: training, scoring and selection passes
         self.counter.attach(self.model)
+        self._synced = (0, 0)  # counter values every rank agrees on (sums over the ranks)
         self.val_counter = PassCounter(active=False)  # the curve's cost, kept apart so it can be left out
         self.val_counter.attach(self.model)
         self.pool = self.data.pool.to(self.device)
@@ -120,6 +121,7 @@ class Trainer:
             self.crop_pad, self.flip = 0, False
         sel = Selection.load(cfg.data.selection) if cfg.data.selection else Selection.full(len(self.pool), cfg.objective.eps)
         self.set_selection(sel)
+        self.train_model = distributed.wrap(self.model, self.device)  # DDP under torchrun: averages gradients
         o = cfg.optim
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=o.lr, momentum=o.momentum,
                                          nesterov=o.nesterov and o.momentum > 0, weight_decay=o.weight_decay)
@@ -164,8 +166,9 @@ class Trainer:
     # ----- one epoch ---------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> EpochStats:
         cfg, o = self.cfg, self.cfg.optim
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # attack starts, dropout: a function of (seed, epoch)
-        gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 7919 + epoch)
+        # attack starts, dropout, augmentation: a function of (seed, epoch), and of the rank under torchrun
+        torch.manual_seed(distributed.rank_seed(cfg.seed * 1_000_003 + epoch))
+        gen = torch.Generator(device=self.device).manual_seed(distributed.rank_seed(cfg.seed * 7919 + epoch))
         batches = self.sampler.epoch(epoch, cfg.seed)
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
@@ -183,7 +186,7 @@ class Trainer:
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and cfg.amp):
-                out = call_objective(obj.name, self.model, x, y, eps, w, norm=obj.norm, steps=obj.steps,
+                out = call_objective(obj.name, self.train_model, x, y, eps, w, norm=obj.norm, steps=obj.steps,
                                      step_size=obj.step_size, beta=obj.beta, label_smoothing=obj.label_smoothing,
                                      epoch=epoch, num_epochs=o.epochs, **obj.params)
             self.optimizer.zero_grad(set_to_none=True)
@@ -191,6 +194,7 @@ class Trainer:
             if o.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), o.grad_clip)
             self.optimizer.step()
+            distributed.sync_running_stats(self.model)
             if self.ema:
                 self.ema.update(self.model)
             self.iteration += 1
@@ -201,14 +205,36 @@ class Trainer:
             if bar.n % 10 == 0:
                 dt = time.perf_counter() - t0
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", img_s=f"{seen / max(dt, 1e-9):.0f}", refresh=False)
+            if every:
+                self.sync_counters()
             if every and self.counter.grad_evals // every > bucket and i + 1 < len(self.sampler):
                 bucket = self.counter.grad_evals // every
-                self.log_metrics({"epoch": epoch + (i + 1) / len(self.sampler), "point": "mid",
-                                  **self.curve_point(seconds_in_epoch=time.perf_counter() - self._epoch_t0)})
+                self.mid_point(epoch + (i + 1) / len(self.sampler))
         if self.cuda:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0 - self._epoch_val_seconds
-        return EpochStats(loss_sum.item() / max(seen, 1), correct.item() / max(seen, 1), seen, dt)
+        loss, right, seen = distributed.sum_all([loss_sum.item(), correct.item(), seen])  # over the ranks
+        return EpochStats(loss / max(seen, 1), right / max(seen, 1), int(seen), dt)
+
+    def sync_counters(self) -> None:
+        """Add every rank's passes since the last sync to the counter, so all ranks hold the job's totals."""
+        if self.world_size == 1:
+            return
+        c, (g, f) = self.counter, self._synced
+        dg, df = distributed.sum_all([c.grad_evals - g, c.forward_evals - f], dtype=torch.int64)
+        c.grad_evals, c.forward_evals = g + dg, f + df
+        self._synced = (c.grad_evals, c.forward_evals)
+
+    def mid_point(self, epoch: float) -> None:
+        """A mid-epoch curve point, written by rank 0; the others wait, and their wait is not training time."""
+        local = time.perf_counter() - self._epoch_t0 - self._epoch_val_seconds
+        partial = distributed.sum_all([local])[0]  # training seconds of this epoch so far, all ranks
+        t0 = time.perf_counter()
+        if self.rank == 0:
+            self.log_metrics({"epoch": epoch, "point": "mid", **self.curve_point(partial)})
+        distributed.barrier()
+        if self.rank != 0:
+            self._epoch_val_seconds += time.perf_counter() - t0
 
     # ----- validation and checkpoints ------------------------------------------------------
     def eval_model(self) -> nn.Module:
@@ -240,16 +266,16 @@ class Trainer:
                 rob += (ok & (model(xa).argmax(1) == yb)).sum().item()  # robust: correct on x and x_adv
         return {"val_clean": clean / n, "val_robust": rob / n, "val_n": n, "val_steps": self.cfg.validation.steps}
 
-    def curve_point(self, seconds_in_epoch: float = 0.0) -> dict:
+    def curve_point(self, partial_seconds: float = 0.0) -> dict:
         """A point of the learning curve: held-out accuracies and the cumulative compute spent to reach them.
         grad_evals/forward_evals/train_seconds: the method's cost (training, scoring, selection); val_*: the
-        curve's own cost, apart. seconds_in_epoch: wall time of the unfinished epoch (mid-epoch points)."""
+        curve's own cost, apart. partial_seconds: training seconds of the unfinished epoch (mid-epoch points)."""
         t0 = time.perf_counter()
         val = self.validate()
         dt = time.perf_counter() - t0
         self.val_seconds += dt
         self._epoch_val_seconds += dt
-        train_s = self.train_seconds + max(seconds_in_epoch - (self._epoch_val_seconds - dt), 0.0)
+        train_s = self.train_seconds + max(partial_seconds, 0.0)
         return {**val, "grad_evals": self.counter.grad_evals, "forward_evals": self.counter.forward_evals,
                 "grad_evals_version": self.counter.version, "train_seconds": train_s,
                 "val_grad_evals": self.val_counter.grad_evals, "val_forward_evals": self.val_counter.forward_evals,
@@ -276,6 +302,7 @@ class Trainer:
         if self.ema and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         self.counter.load_state_dict(state["counter"])
+        self._synced = (self.counter.grad_evals, self.counter.forward_evals)
         self.val_counter.load_state_dict(state.get("val_counter", {}))  # checkpoints before the curve: from 0
         self.val_seconds = float(state.get("val_seconds", 0.0))
         for k in ("epoch", "iteration", "samples_seen", "best_epoch"):
@@ -284,8 +311,9 @@ class Trainer:
         self.best_metric = float(state["best_metric"])
         s = state["selection"]
         self.set_selection(Selection(s["indices"], s["weight"], s["eps"]))
-        self._settle_best()
-        truncate_jsonl(self.dir / METRICS, "epoch", self.epoch)
+        if self.rank == 0:
+            self._settle_best()
+            truncate_jsonl(self.dir / METRICS, "epoch", self.epoch)
         if state.get("hook") is not None and hasattr(self.on_epoch_start, "load_state_dict"):
             self.on_epoch_start.load_state_dict(state["hook"])  # e.g. forgetting counts observed so far
 
@@ -319,12 +347,13 @@ class Trainer:
                              "dataset needs its npz test file (found out before training, not after)")
         self.dir.mkdir(parents=True, exist_ok=True)
         ckpt = self.dir / CHECKPOINT
-        if ckpt.exists():
-            self.restore(load_checkpoint(ckpt))
-        else:
-            if (self.dir / METRICS).exists():
-                (self.dir / METRICS).unlink()
-        write_text(self.dir / CONFIG, dump_config(cfg))
+        state = distributed.on_main(lambda: load_checkpoint(ckpt) if ckpt.exists() else None)  # rank 0's file
+        if state is not None:
+            self.restore(state)
+        elif self.rank == 0 and (self.dir / METRICS).exists():
+            (self.dir / METRICS).unlink()
+        if self.rank == 0:
+            write_text(self.dir / CONFIG, dump_config(cfg))
         while self.epoch < cfg.optim.epochs:
             if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
                 return None
@@ -337,30 +366,39 @@ class Trainer:
             stats = self.train_epoch(e)
             self.epoch += 1
             self.samples_seen += stats.samples
-            # selection/scoring time included, mid-epoch curve points not
-            self.train_seconds += time.perf_counter() - self._epoch_t0 - self._epoch_val_seconds
+            self.sync_counters()
+            # selection/scoring time included, mid-epoch curve points not; summed over the ranks
+            local = time.perf_counter() - self._epoch_t0 - self._epoch_val_seconds
+            self.train_seconds += distributed.sum_all([local])[0]
             self._epoch_t0 = time.perf_counter()
             self._epoch_val_seconds = 0.0
-            point = self.curve_point()
-            val = {k: point[k] for k in ("val_clean", "val_robust") if k in point}
-            row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": stats.loss,
-                   "train_acc": stats.adv_acc, "images_per_s": stats.samples / max(stats.seconds, 1e-9),
-                   "epoch_seconds": stats.seconds, "samples_seen": self.samples_seen, **point}
-            metric = {"robust": val.get("val_robust"), "clean": val.get("val_clean")}.get(cfg.validation.select)
-            if cfg.validation.select == "last" or metric is None or metric > self.best_metric:
-                self.best_metric = -1.0 if metric is None else metric
-                self.best_epoch = self.epoch
-                # staged: promoted to BEST only once the checkpoint naming this epoch is on disk
-                save_weights(self.dir / BEST_NEXT, self.eval_model(), {**self._metadata(), "epoch": str(self.epoch)})
-            row["best_epoch"] = self.best_epoch
-            self.log_metrics(row)
-            save_checkpoint(ckpt, self.checkpoint_state())
-            self._settle_best()
-            if cfg.progress and self.rank == 0:
-                vs = " ".join(f"{k}={v:.4f}" for k, v in val.items())
-                tqdm.write(f"epoch {self.epoch}/{cfg.optim.epochs} loss={stats.loss:.4f} "
-                           f"{row['images_per_s']:.0f} img/s {vs}")
+            if self.rank == 0:
+                self.end_epoch(stats)
+            distributed.barrier()
         return self.finish()
+
+    def end_epoch(self, stats: EpochStats) -> None:
+        """Rank 0: validation, the metrics row, staged best weights, the checkpoint."""
+        cfg, ckpt = self.cfg, self.dir / CHECKPOINT
+        point = self.curve_point()
+        val = {k: point[k] for k in ("val_clean", "val_robust") if k in point}
+        row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": stats.loss,
+               "train_acc": stats.adv_acc, "images_per_s": stats.samples / max(stats.seconds, 1e-9),
+               "epoch_seconds": stats.seconds, "samples_seen": self.samples_seen, **point}
+        metric = {"robust": val.get("val_robust"), "clean": val.get("val_clean")}.get(cfg.validation.select)
+        if cfg.validation.select == "last" or metric is None or metric > self.best_metric:
+            self.best_metric = -1.0 if metric is None else metric
+            self.best_epoch = self.epoch
+            # staged: promoted to BEST only once the checkpoint naming this epoch is on disk
+            save_weights(self.dir / BEST_NEXT, self.eval_model(), {**self._metadata(), "epoch": str(self.epoch)})
+        row["best_epoch"] = self.best_epoch
+        self.log_metrics(row)
+        save_checkpoint(ckpt, self.checkpoint_state())
+        self._settle_best()
+        if cfg.progress:
+            vs = " ".join(f"{k}={v:.4f}" for k, v in val.items())
+            tqdm.write(f"epoch {self.epoch}/{cfg.optim.epochs} loss={stats.loss:.4f} "
+                       f"{row['images_per_s']:.0f} img/s {vs}")
 
     def finish(self) -> dict:
         """Final weights = the selected checkpoint; test-set evaluation; summary.json."""
@@ -368,14 +406,16 @@ class Trainer:
 
         cfg = self.cfg
         model = build_from_spec(self.spec).to(self.device)
-        model.load_state_dict(load_weights(self.dir / BEST))
+        model.load_state_dict(distributed.on_main(lambda: load_weights(self.dir / BEST)))  # rank 0's file
         model.eval()
-        save_weights(self.dir / WEIGHTS, model, self._metadata())
+        if self.rank == 0:
+            save_weights(self.dir / WEIGHTS, model, self._metadata())
         images, labels = load_test_set(cfg.data, self.data.info)
         ev = evaluate_model(model, images, labels, eps=cfg.objective.eps, norm=cfg.objective.norm,
                             attacks=cfg.eval.attacks, n=cfg.eval.n, autoattack_n=cfg.eval.autoattack_n,
                             autoattack_version=cfg.eval.autoattack_version, batch_size=cfg.eval.batch_size,
-                            device=self.device, seed=cfg.seed, state_dir=self.dir, progress=cfg.progress)
+                            device=self.device, seed=cfg.seed, state_dir=self.dir,
+                            progress=cfg.progress and self.rank == 0)  # test points split over the ranks
         summary = {"status": "complete", "clean_acc": ev["clean_acc"], "robust_acc": ev["robust_acc"],
                    "eval": {k: v for k, v in ev.items() if k not in ("clean_acc", "robust_acc")},
                    "train_seconds": self.train_seconds, "samples_seen": self.samples_seen,
@@ -386,7 +426,11 @@ class Trainer:
                    "n_train": len(self.selection), "n_pool": len(self.pool), "n_real": self.data.n_real,
                    "best_epoch": self.best_epoch, "epochs": self.epoch, "device": str(self.device),
                    "torch": torch.__version__, "leanrobust": __version__, "config": cfg.model_dump(mode="json")}
-        write_json(self.dir / SUMMARY, summary)
+        if self.world_size > 1:
+            summary["world_size"] = self.world_size  # grad_evals, samples and train_seconds: sums over the ranks
+        if self.rank == 0:
+            write_json(self.dir / SUMMARY, summary)
+        distributed.barrier()
         return summary
 
 

@@ -184,7 +184,13 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 def _read_state(path: Path, meta: dict) -> dict:
-    state = json.loads(path.read_text())
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        state = None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not an AutoAttack state file (expected a JSON object); delete it to start "
+                         "the evaluation afresh")
     for key, value in meta.items():
         if key == "model" and key not in state:  # files from before the fingerprint: adopt it
             state[key] = value

@@ -1,6 +1,7 @@
 """From a data config to the tensors a run needs: the training pool (real + generated),
 the held-out validation pool and the test set. Deterministic given the seed, so the pool
-indices used by scores and Selections mean the same samples in every command."""
+indices used by scores and Selections mean the same samples in every command. A generated set (or a
+replacement pool) may be a folder of shards or a large npz: it is memory-mapped, not loaded (shards.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ import torch
 
 from ..config import DataConfig
 from .pool import Pool, split_validation
+from .shards import open_images
 from .sources import DataError, DatasetInfo, dataset_info, load_dataset, load_npz
 
 
@@ -71,12 +73,12 @@ def build_training_data(cfg: DataConfig, seed: int) -> TrainingData:
     # validation uses its first validation.n points: a seeded random order, not the dataset's (which may be sorted)
     val = val.subset(torch.randperm(len(val), generator=torch.Generator().manual_seed(val_order_seed)).to(val.device))
     if cfg.pool:
-        p_images, p_labels = load_npz(cfg.pool, num_classes=info.num_classes)
+        p_images, p_labels = open_images(cfg.pool, num_classes=info.num_classes)
         _check_shape(p_images, info, cfg.pool)
         train = Pool(p_images, p_labels, torch.zeros(p_labels.numel(), dtype=torch.uint8), info.num_classes)
     n_real = len(train)
     if cfg.generated:
-        g_images, g_labels = load_npz(cfg.generated, num_classes=info.num_classes)
+        g_images, g_labels = open_images(cfg.generated, num_classes=info.num_classes)
         _check_shape(g_images, info, cfg.generated)
         gen = Pool(g_images, g_labels, torch.ones(g_labels.numel(), dtype=torch.uint8), info.num_classes)
         train = train.concat(gen)

@@ -1,12 +1,14 @@
 """The sample pool: uint8 images, labels and real/generated origin held as tensors on one device.
 
-Everything downstream (scorers, selectors, sampler, trainer) indexes into a Pool with index tensors."""
+Everything downstream (scorers, selectors, sampler, trainer) indexes into a Pool with index tensors.
+Images may also be a ShardImages (a generated set larger than memory, read batch by batch)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
+from .shards import ShardImages
 from .sources import dataset_info, load_dataset, load_npz, validate_arrays
 
 REAL, GENERATED = 0, 1
@@ -14,7 +16,7 @@ REAL, GENERATED = 0, 1
 
 @dataclass
 class Pool:
-    images: torch.Tensor  # uint8 (N, C, H, W)
+    images: torch.Tensor | ShardImages  # uint8 (N, C, H, W)
     labels: torch.Tensor  # int64 (N,)
     origin: torch.Tensor  # uint8 (N,): 0 = real, 1 = generated
     num_classes: int
@@ -60,8 +62,13 @@ class Pool:
     def to(self, device) -> "Pool":
         return Pool(self.images.to(device), self.labels.to(device), self.origin.to(device), self.num_classes)
 
+    def rows(self, a: int, b: int) -> "Pool":
+        """Samples [a, b) without copying (a view; lazy for images in shard files): one rank's share of a pool."""
+        images = self.images.window(a, b) if isinstance(self.images, ShardImages) else self.images[a:b]
+        return Pool(images, self.labels[a:b], self.origin[a:b], self.num_classes)
+
     def subset(self, idx) -> "Pool":
-        """Samples at `idx` (long indices or a bool mask), in that order."""
+        """Samples at `idx` (long indices or a bool mask), in that order (shard images are read)."""
         idx = torch.as_tensor(idx, device=self.device)
         if idx.dtype == torch.bool:
             idx = idx.nonzero().flatten()
@@ -75,8 +82,10 @@ class Pool:
                              f"{self.num_classes} classes with (C,H,W)={tuple(other.images.shape[1:])}, "
                              f"{other.num_classes} classes")
         other = other.to(self.device)
-        return Pool(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]),
-                    torch.cat([self.origin, other.origin]), self.num_classes)
+        lazy = isinstance(self.images, ShardImages) or isinstance(other.images, ShardImages)
+        images = ShardImages.concat(self.images, other.images) if lazy else torch.cat([self.images, other.images])
+        return Pool(images, torch.cat([self.labels, other.labels]), torch.cat([self.origin, other.origin]),
+                    self.num_classes)
 
 
 def split_validation(pool: Pool, n_val: int, seed: int) -> tuple[Pool, Pool]:

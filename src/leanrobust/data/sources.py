@@ -110,26 +110,40 @@ def _to_torch(images: np.ndarray, labels, num_classes, source):
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+IDX_MAX_BYTES = 1 << 30  # largest IDX payload read (Fashion-MNIST's training images: 47 MB)
+
+
 def read_idx(path) -> np.ndarray:
-    """Parse an IDX file (gzip-compressed when named *.gz): magic, dtype code, dims, then data."""
+    """Parse an IDX file (gzip-compressed when named *.gz): magic, dtype code, dims, then data.
+    The header is read first and only the bytes it announces (at most IDX_MAX_BYTES) are decompressed,
+    so a gzip bomb is refused without inflating it."""
     path = Path(path)
     try:
         with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
-            raw = f.read()
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] or magic[1] or magic[2] not in _IDX_DTYPES:
+                raise DataError(f"{path}: not an IDX file (magic number {magic.hex() or 'missing'})")
+            ndim, header = magic[3], 4 + 4 * magic[3]
+            raw_dims = f.read(4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise DataError(f"{path}: truncated IDX header ({4 + len(raw_dims)} of {header} bytes)")
+            dims = struct.unpack(f">{ndim}I", raw_dims)
+            dtype = np.dtype(_IDX_DTYPES[magic[2]])
+            size = math.prod(dims) * dtype.itemsize
+            if size > IDX_MAX_BYTES:
+                raise DataError(f"{path}: IDX header announces shape {dims} ({size:,} bytes), more than the "
+                                f"{IDX_MAX_BYTES:,} bytes leanrobust reads from one IDX file; the file is damaged "
+                                "or not a dataset file")
+            data = f.read(size + 1)  # one more byte reveals trailing data without reading all of it
+    except DataError:
+        raise
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read IDX file ({type(e).__name__}: {e})") from e
-    if len(raw) < 4 or raw[0] or raw[1] or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{path}: not an IDX file (magic number {raw[:4].hex() or 'missing'})")
-    ndim, header = raw[3], 4 + 4 * raw[3]
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(raw)} of {header} bytes)")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = header + math.prod(dims) * dtype.itemsize
-    if len(raw) != expected:
-        what = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise DataError(f"{path}: IDX file {what}: shape {dims} needs {expected} bytes, found {len(raw)}")
-    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    if len(data) != size:
+        what = "truncated" if len(data) < size else "has trailing bytes"
+        found = f"{header + len(data)}" if len(data) < size else "more"
+        raise DataError(f"{path}: IDX file {what}: shape {dims} needs {header + size} bytes, found {found}")
+    return np.frombuffer(data, dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 _IDX_STEMS = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -273,9 +287,12 @@ def cache_dir(name: str) -> Path:
 
 
 def search_dirs(name: str, root=None) -> list[Path]:
-    """Directories searched, in order: root (and root/<name>), $LEANROBUST_DATA/<name>, cache, system."""
+    """Directories searched, in order: $LEANROBUST_DATA/<name>, cache, system; with `root` only root and
+    root/<name> (a folder the user names is where the data must be, never silently somewhere else)."""
     key = _canonical(name)
-    dirs = [Path(root), Path(root) / key] if root is not None else []
+    if root is not None:
+        return [Path(root), Path(root) / key]
+    dirs = []
     if os.environ.get("LEANROBUST_DATA"):
         dirs.append(Path(os.environ["LEANROBUST_DATA"]) / key)
     return dirs + [cache_dir(key), SYSTEM_DATA_DIR / key.replace("_", "-")]
@@ -327,8 +344,9 @@ def _how_to_get(key: str) -> str:
 def load_dataset(name: str, split: str = "train", root=None, download: bool = True):
     """Load a named dataset split as (images uint8 (N,C,H,W), labels int64 (N,)) torch tensors.
 
-    Searches `search_dirs(name, root)`; if absent and `download`, fetches it with an md5 check into
-    `cache_dir(name)`; otherwise raises `DataNotFoundError` saying where it looked and how to get the data."""
+    Searches `search_dirs(name, root)` (with a root, only root); if absent and `download`, fetches it with an
+    md5 check into root, or else `cache_dir(name)`; otherwise raises `DataNotFoundError` saying where it looked
+    and how to get the data. A root holding one of a split's two IDX files is an error naming the missing one."""
     key = _canonical(name)
     if split not in ("train", "test"):
         raise DataError(f"{name}: split must be 'train' or 'test', got {split!r}")
@@ -338,16 +356,25 @@ def load_dataset(name: str, split: str = "train", root=None, download: bool = Tr
         found = locate(key, split, d)
         if found is not None:
             return load(key, split, found)
+        if root is not None and key not in _CIFAR:
+            partial = [s for s in _IDX_STEMS[split] if _idx_file(d, s) is not None]
+            if partial:  # one of the split's two files: never complete it from another folder
+                missing = [s + ".gz" for s in _IDX_STEMS[split] if s not in partial]
+                raise DataNotFoundError(f"{d} holds {partial[0]} but not {', '.join(missing)} ({key} {split}); "
+                                        f"data.root names the one folder read: put the missing file there")
     searched = ", ".join(map(str, dirs))
+    dest = Path(root) if root is not None else cache_dir(key)
     if not download:
         reason = "download=False"
     else:
         try:
-            _download(key, cache_dir(key), split)
-            return load(key, split, locate(key, split, cache_dir(key)))
+            _download(key, dest, split)
+            return load(key, split, locate(key, split, dest))
         except DataNotFoundError as e:
             reason = f"download failed: {e}"
-    raise DataNotFoundError(f"{key} ({split}) not found; searched {searched}; {reason}. To get it: {_how_to_get(key)}.")
+    where = f"{root} (data.root: only that folder is read)" if root is not None else searched
+    raise DataNotFoundError(f"{key} ({split}) not found; searched {where}; {reason}. To get it: {_how_to_get(key)}"
+                            + (f", or put the files in {root}" if root is not None else "") + ".")
 
 
 # ----------------------------------------------------------------------------- npz

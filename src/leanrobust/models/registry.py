@@ -2,6 +2,7 @@
 inputs in [0,1]; unknown names fail with the list of known ones."""
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from typing import Callable, Sequence
 
@@ -40,8 +41,20 @@ def build_model(name: str, num_classes: int, in_channels: int,
     smallcnn: width, input_size, dropout; wideresnet: depth, widen_factor, activation, dropout."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    accepted = model_options(name)
+    bad = sorted(set(kw) - accepted)
+    if bad:
+        raise ValueError(f"model {name!r} takes no option(s) {', '.join(bad)}; its options: "
+                         f"{', '.join(sorted(accepted)) or 'none'}")
     net = MODELS[name](num_classes, in_channels, **kw)
     return nn.Sequential(OrderedDict(normalize=Normalize(mean, std), net=net))
+
+
+def model_options(name: str) -> set[str]:
+    """The keyword options build_model accepts for a model name (an unknown option is an error, not a
+    TypeError deep inside the network's constructor)."""
+    params = inspect.signature(MODELS[name]).parameters
+    return {k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
 def last_linear(model: nn.Module) -> nn.Linear:

@@ -1,5 +1,7 @@
 """Static and dynamic data selection during training (Li et al. 2023): a Trainer on_epoch_start
-hook that scores the pool with the model being trained and returns a new Selection on schedule."""
+hook that scores the pool with the model being trained and returns a new Selection on schedule.
+Under torchrun each rank scores its share of the pool; the scores are gathered, so the selection sees
+the whole pool, and rank 0's Selection is the one every rank trains on."""
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -7,8 +9,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from .. import distributed
 from ..config import RunConfig
-from .gradmatch import gradmatch_selection
+from ..models import last_linear
+from .gradmatch import gradmatch_select, gradmatch_selection, last_layer_factors
 from .pruning import PRUNE_MODES, select_by_score
 from .puma import puma_selection
 from .scores import SCORERS, ForgettingTracker, compute_scores, correctness
@@ -55,6 +59,23 @@ def selection_epochs(start_epoch: int, every: Optional[int], epochs: int) -> lis
 def _is_full(sel: Selection, n: int, eps: float) -> bool:
     return (len(sel) == n and bool((sel.indices == torch.arange(n)).all()) and bool((sel.weight == 1).all())
             and bool((sel.eps == torch.tensor(float(eps), dtype=torch.float32)).all()))
+
+
+def _sharded(pool, batch_size: int, fn: Callable, empty: torch.Tensor):
+    """fn(pool) in one process; under torchrun fn on this rank's batch-aligned rows of the pool, joined
+    over the ranks in pool order (`empty`: this rank's result when its share is empty)."""
+    if distributed.world_size() == 1:
+        return fn(pool)
+    lo, hi = distributed.shard_range(len(pool), batch_size)
+    return distributed.gather(torch.as_tensor(fn(pool.rows(lo, hi))) if hi > lo else empty)
+
+
+def _shared(sel: Selection) -> Selection:
+    """Rank 0's Selection on every rank (its indices, eps and weights), so all ranks train the same one."""
+    if distributed.world_size() == 1:
+        return sel
+    s = distributed.share({"indices": sel.indices, "weight": sel.weight, "eps": sel.eps})
+    return Selection(s["indices"], s["weight"], s["eps"])
 
 
 def make_selection_hook(cfg: RunConfig) -> Callable:
@@ -111,33 +132,43 @@ def make_selection_hook(cfg: RunConfig) -> Callable:
         obj = trainer.cfg.objective
         if method == "forgetting" and epochs and epoch <= epochs[-1]:
             tr = tracker.setdefault("t", ForgettingTracker(n))
-            tr.update(np.arange(n), correctness(trainer.model, pool.images, pool.labels,
-                                                batch_size=int(params.get("batch_size", 512))).numpy())
+            bs = int(params.get("batch_size", 512))
+            ok = _sharded(pool, bs, lambda p: correctness(trainer.model, p.images, p.labels, batch_size=bs),
+                          torch.zeros(0, dtype=torch.bool))
+            tr.update(np.arange(n), ok.numpy())
         if epoch not in epochs:
             if epoch < sc.start_epoch and not _is_full(trainer.selection, n, obj.eps):
                 return Selection.full(n, obj.eps)
             return None
-        sel = _select(trainer, epoch, tracker.get("t"))
+        sel = _shared(_select(trainer, epoch, tracker.get("t")))
         hook.calls.append(epoch)
         return sel
 
     def _select(trainer, epoch: int, tr: Optional[ForgettingTracker]) -> Selection:
         pool, obj = trainer.pool, trainer.cfg.objective
         seed = int(trainer.cfg.seed) * 1_000_003 + int(epoch)
-        common = dict(eps=obj.eps, norm=obj.norm, steps=int(params.get("steps", obj.steps)),
-                      batch_size=int(params.get("batch_size", 256)), seed=seed)
+        bs = int(params.get("batch_size", 256))
+        common = dict(eps=obj.eps, norm=obj.norm, steps=int(params.get("steps", obj.steps)), batch_size=bs, seed=seed)
         if method == "gradmatch":
             kw = {k: params[k] for k in _SELECTOR_PARAMS["gradmatch"] if k in params}
-            return gradmatch_selection(trainer.model, pool.images, pool.labels, fraction=sc.fraction,
-                                       step_size=obj.step_size, class_balanced=sc.class_balanced, **common, **kw)
+            if distributed.world_size() == 1:
+                return gradmatch_selection(trainer.model, pool.images, pool.labels, fraction=sc.fraction,
+                                           step_size=obj.step_size, class_balanced=sc.class_balanced, **common, **kw)
+            return _gradmatch_sharded(trainer, pool, common, kw, obj.step_size)
         score_name = "margin" if method == "puma" else method
         sp = {k: params[k] for k in _SCORE_PARAMS[score_name] if k in params}
         if score_name in ("kappa", "loss", "el2n", "grand", "pm"):
             sp.setdefault("step_size", obj.step_size)
         if method == "forgetting":
             sp["tracker"] = tr
-        scores = compute_scores(trainer.model if SCORERS[score_name].model else None, pool.images, pool.labels,
-                                score_name, **common, **sp)
+        model = trainer.model if SCORERS[score_name].model else None
+        if model is None:  # random, forgetting: no passes to share out
+            scores = compute_scores(None, pool.images, pool.labels, score_name, **common, **sp)
+        else:  # under torchrun: this rank's rows, its own random stream, gathered
+            rank_common = {**common, "seed": distributed.rank_seed(seed)}
+            scores = np.asarray(_sharded(pool, bs, lambda p: compute_scores(model, p.images, p.labels, score_name,
+                                                                            **rank_common, **sp),
+                                         torch.zeros(0, dtype=torch.float32)))
         hook.last_scores = scores
         if method == "puma":
             kw = {k: params[k] for k in ("q", "floor", "scale") if k in params}
@@ -145,6 +176,23 @@ def make_selection_hook(cfg: RunConfig) -> Callable:
                                   class_balanced=sc.class_balanced, **kw)
         return select_by_score(scores, pool.labels, fraction=sc.fraction, prune=prune,
                                class_balanced=sc.class_balanced, eps=obj.eps)
+
+    def _gradmatch_sharded(trainer, pool, common: dict, kw: dict, step_size) -> Selection:
+        """GRAD-MATCH under torchrun: each rank's gradient factors of its rows, gathered, then one match."""
+        fkw = {k: kw[k] for k in ("adversarial",) if k in kw}
+        rank_common = {**common, "seed": distributed.rank_seed(common["seed"])}
+        lin = last_linear(trainer.model)
+        width = lin.out_features
+
+        def factors(p):
+            r, h, _ = last_layer_factors(trainer.model, p.images, p.labels, step_size=step_size, **rank_common, **fkw)
+            return torch.cat([r, h], 1)
+
+        rh = _sharded(pool, common["batch_size"], factors, torch.zeros(0, width + lin.in_features))
+        bias = lin.bias is not None
+        skw = {k: kw[k] for k in ("match_batch", "lam", "atoms_per_step") if k in kw}
+        return gradmatch_select(rh[:, :width], rh[:, width:], pool.labels, fraction=sc.fraction, eps=common["eps"],
+                                bias=bias, class_balanced=sc.class_balanced, seed=common["seed"], **skw)
 
     def state_dict() -> dict:
         """What a resumed run needs to continue the schedule: the forgetting counts observed so far."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -60,14 +61,49 @@ class Selection:
 
     @classmethod
     def load(cls, path: str | Path) -> "Selection":
+        """Read a Selection npz (no pickles). Refused, naming the file: anything but one 1-D integer index
+        array with one finite, non-negative weight and eps each (or one for all), an empty selection, and
+        weights that are all zero (nothing would train)."""
         path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"{path}: selection file does not exist")
         try:
-            with np.load(path, allow_pickle=False) as z:
-                missing = {"indices", "weight", "eps"} - set(z.files)
-                if missing:
-                    raise ValueError(f"{path}: not a Selection file, missing keys {sorted(missing)}")
-                return cls(torch.from_numpy(z["indices"].astype(np.int64)),
-                           torch.from_numpy(z["weight"].astype(np.float32)),
-                           torch.from_numpy(z["eps"].astype(np.float32)))
-        except (OSError, EOFError, zipfile.BadZipFile) as e:
-            raise ValueError(f"{path}: cannot read Selection npz ({e})") from e
+            with open(path, "rb") as f:  # our own handle: np.load leaks its own when the zip is corrupt
+                z = np.load(f, allow_pickle=False)
+                if not isinstance(z, np.lib.npyio.NpzFile):
+                    raise ValueError(f"{path}: not a Selection file (an .npz archive with indices, weight, eps)")
+                with z:
+                    if not z.files:
+                        raise ValueError(f"{path}: empty npz (no arrays); expected indices, weight and eps")
+                    missing = {"indices", "weight", "eps"} - set(z.files)
+                    if missing:
+                        raise ValueError(f"{path}: not a Selection file, missing keys {sorted(missing)}")
+                    arrays = {k: z[k] for k in ("indices", "weight", "eps")}
+        except ValueError as e:
+            if str(e).startswith(str(path)):
+                raise
+            raise ValueError(f"{path}: cannot read Selection npz ({e})") from None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error, KeyError) as e:
+            raise ValueError(f"{path}: cannot read Selection npz ({type(e).__name__}: {e})") from None
+        idx = arrays["indices"]
+        if idx.ndim != 1:
+            raise ValueError(f"{path}: indices must be a 1-D array, got shape {idx.shape}")
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"{path}: indices must be integers, got {idx.dtype} (positions in the pool: "
+                             "convert with .astype(np.int64) only if every value is a whole number)")
+        if idx.size == 0:
+            raise ValueError(f"{path}: the selection is empty (no indices)")
+        if idx.dtype == np.uint64 and idx.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"{path}: index {int(idx.max())} is out of range")
+        for k in ("weight", "eps"):
+            a = arrays[k]
+            if a.ndim > 1 or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+                raise ValueError(f"{path}: {k} must be a 1-D array of numbers, got {a.dtype} {a.shape}")
+        try:
+            sel = cls(torch.from_numpy(idx.astype(np.int64)), torch.from_numpy(arrays["weight"].astype(np.float32)),
+                      torch.from_numpy(arrays["eps"].astype(np.float32)))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        if not bool((sel.weight > 0).any()):
+            raise ValueError(f"{path}: every weight is 0, so nothing would train")
+        return sel
