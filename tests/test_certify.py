@@ -149,5 +149,16 @@ def test_certify_command_writes_json_and_summary(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert set(summary["certified"]) == {"0.25", "0.5"}  # a second sigma keeps the first
     assert summary["certified"]["0.25"]["certified_acc"] == rep["certified_acc"]
+    assert "was not trained with Gaussian noise" in r.output  # a pgd_at run: certifying it is allowed, with a warning
+    r = CliRunner().invoke(app, ["certify", str(run), "--num", "4"])
+    assert r.exit_code == 2 and "pass --sigma" in r.output  # no noise training: no sigma to default to
+    noisy = validate_config({**cfg.model_dump(mode="json"), "objective": {"name": "gaussian_noise",
+                                                                         "params": {"sigma": 0.5}}})
+    (run / "config.yaml").write_text(dump_config(noisy))
+    (run / "certify_0.5.json").unlink()
+    r = CliRunner().invoke(app, ["certify", str(run), "--n0", "10", "--n", "100", "--num", "4", "--radii", "0,0.1",
+                                 "--batch-size", "50", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert (run / "certify_0.5.json").is_file() and "warning" not in r.output  # sigma from the noise training
     r = CliRunner().invoke(app, ["certify", str(tmp_path), "--sigma", "0.25"])
     assert r.exit_code == 2 and "config.yaml" in r.output

@@ -214,9 +214,38 @@ def register(app: typer.Typer) -> None:
                        f"(m={w['m']}, R={w['repeats']}" + (f", real-vs-real floor {floor['mean']:.4f})" if floor else ")"))
         typer.echo(f"frechet_features       {res['frechet_features']:.4f}  ({res['feature_space']})")
 
+    def _certify_sigma(run_dir: Path, sigma: Optional[float]) -> float:
+        """--sigma, else the noise the run trained with; a warning when the model was not trained with Gaussian noise
+        (a smoothed classifier built on a model that never saw noise certifies little)."""
+        from .config import load_config
+        from .objectives.noise import gaussian_noise
+        from .train import CONFIG
+
+        cfg_path = run_dir / CONFIG
+        obj = load_config(cfg_path, lenient=True).objective if cfg_path.is_file() else None
+        trained = None
+        if obj is not None and obj.name == "gaussian_noise":
+            import inspect
+
+            trained = float(obj.params.get("sigma", inspect.signature(gaussian_noise).parameters["sigma"].default))
+        if sigma is None:
+            if trained is None:
+                raise ValueError(f"{run_dir} was not trained with objective gaussian_noise, so it has no sigma to "
+                                 "certify at: pass --sigma")
+            sigma = trained
+        if trained is None:
+            typer.secho(f"warning: {run_dir} was not trained with Gaussian noise (objective "
+                        f"{obj.name if obj else 'unknown'}); its smoothed classifier will certify little. Train with "
+                        "objective.name=gaussian_noise for certified robustness", fg=typer.colors.YELLOW, err=True)
+        elif sigma != trained:
+            typer.secho(f"warning: certifying at sigma {sigma:g}, but {run_dir} trained with sigma {trained:g}",
+                        fg=typer.colors.YELLOW, err=True)
+        return sigma
+
     @app.command("certify")
     def certify_cmd(run_dir: Path = typer.Argument(..., help="run directory"),
-                    sigma: float = typer.Option(..., "--sigma", help="noise level (input scale [0,1])"),
+                    sigma: Optional[float] = typer.Option(None, "--sigma", help="noise level (input scale [0,1]); "
+                                                          "default: the sigma the run trained with (gaussian_noise)"),
                     n0: int = typer.Option(100, "--n0", min=1, help="noise samples to pick the class"),
                     n: int = typer.Option(10000, "--n", min=1, help="noise samples to bound pA"),
                     alpha: float = typer.Option(0.001, "--alpha", help="failure probability"),
@@ -230,6 +259,7 @@ def register(app: typer.Typer) -> None:
         from .certify import certify_run
 
         try:
+            sigma = _certify_sigma(run_dir, sigma)
             if not 0 < alpha < 1:
                 raise ValueError(f"--alpha must be in (0, 1), got {alpha}")
             rep = certify_run(run_dir, sigma=sigma, n0=n0, n=n, alpha=alpha, num=num, radii=_floats(radii, "--radii"),
