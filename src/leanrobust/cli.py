@@ -136,10 +136,15 @@ def report(paths: List[Path] = typer.Argument(..., help="run directories, or fol
         files = write_report(rep, out)
     except KNOWN_ERRORS as e:
         _fail(e)
+    echo_outputs(rep.to_dict(), to_markdown(rep), files, as_json)
+
+
+def echo_outputs(data: dict, markdown: str, files: dict, as_json: bool) -> None:
+    """What a comparison command prints: its JSON alone (--json, for pipes), or its table and the files written."""
     if as_json:
-        typer.echo(json.dumps(rep.to_dict(), indent=2))
+        typer.echo(json.dumps(data, indent=2))
         return
-    typer.echo(to_markdown(rep))
+    typer.echo(markdown)
     typer.echo("wrote " + ", ".join(str(f) for f in files.values()))
 
 

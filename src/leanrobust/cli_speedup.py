@@ -2,7 +2,6 @@
 and its speed-up over a baseline group (speedup.py)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -11,7 +10,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add the `speedup` command to the leanrobust app."""
-    from .cli import KNOWN_ERRORS, _fail
+    from .cli import KNOWN_ERRORS, _fail, echo_outputs
 
     @app.command()
     def speedup(paths: List[Path] = typer.Argument(..., help="run directories (finished or not), or folders holding "
@@ -36,8 +35,4 @@ def register(app: typer.Typer) -> None:
             files = write_speedup(res, out)
         except KNOWN_ERRORS as e:
             _fail(e)
-        if as_json:
-            typer.echo(json.dumps(res.to_dict(), indent=2))
-            return
-        typer.echo(to_markdown(res))
-        typer.echo("wrote " + ", ".join(str(f) for f in files.values()))
+        echo_outputs(res.to_dict(), to_markdown(res), files, as_json)

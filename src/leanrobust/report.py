@@ -15,7 +15,7 @@ from typing import Optional
 import yaml
 
 from .evaluate import ATTACK_RE
-from .io import write_json, write_text
+from .figures import save_figure, write_outputs
 from .masking import masking_flags, merge_masking, short_flag
 from .train import CHECKPOINT, CONFIG, SUMMARY
 
@@ -440,18 +440,9 @@ def make_figure(rep: Report):
 
 def plot(rep: Report, path: str | Path) -> Path:
     """Write make_figure(rep) as a PNG."""
-    import matplotlib.pyplot as plt
-
-    fig = make_figure(rep)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(make_figure(rep), path)
 
 
 def write_report(rep: Report, out_dir: str | Path) -> dict[str, Path]:
     """report.md, report.json and report.png in out_dir."""
-    out = Path(out_dir)
-    return {"md": write_text(out / "report.md", to_markdown(rep)), "json": write_json(out / "report.json", rep.to_dict()),
-            "png": plot(rep, out / "report.png")}
+    return write_outputs(out_dir, "report", to_markdown(rep), rep.to_dict(), make_figure(rep))

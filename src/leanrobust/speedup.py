@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import yaml
 
-from .io import write_json, write_text
+from .figures import save_figure, write_outputs
 from .train import CONFIG, METRICS, SUMMARY
 
 
@@ -402,18 +402,9 @@ def make_figure(s: Speedup):
 
 def plot(s: Speedup, path: str | Path) -> Path:
     """Write make_figure(s) as a PNG."""
-    import matplotlib.pyplot as plt
-
-    fig = make_figure(s)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(make_figure(s), path)
 
 
 def write_speedup(s: Speedup, out_dir: str | Path) -> dict[str, Path]:
     """speedup.md, speedup.json and speedup.png in out_dir."""
-    out = Path(out_dir)
-    return {"md": write_text(out / "speedup.md", to_markdown(s)), "json": write_json(out / "speedup.json", s.to_dict()),
-            "png": plot(s, out / "speedup.png")}
+    return write_outputs(out_dir, "speedup", to_markdown(s), s.to_dict(), make_figure(s))

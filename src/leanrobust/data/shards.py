@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .sources import DataError, DataNotFoundError, MMAP_BYTES, load_npz, validate_labels
+from .sources import DataError, DataNotFoundError, MMAP_BYTES, load_npz, seek_zip_member, validate_labels
 
 class _Shard:
     """One image array in a file: path, payload offset, shape (N, H, W, C)."""
@@ -73,12 +73,7 @@ def _npz_image(path: Path) -> tuple[int, tuple]:
         raise DataError(f"{path}: 'image' is compressed and cannot be read per batch; write shards with np.savez "
                         "(not savez_compressed) or as NAME.image.npy / NAME.label.npy")
     with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        local = f.read(30)
-        if local[:4] != b"PK\x03\x04":
-            raise DataError(f"{path}: corrupt zip local header for image.npy")
-        n_name, n_extra = struct.unpack("<HH", local[26:30])
-        f.seek(info.header_offset + 30 + n_name + n_extra)
+        seek_zip_member(f, path, info)
         return _npy_payload(f, path, "'image'")
 
 

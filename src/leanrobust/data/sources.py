@@ -381,17 +381,22 @@ def load_dataset(name: str, split: str = "train", root=None, download: bool = Tr
 MMAP_BYTES = 256 << 20  # memory-map uncompressed members of npz files larger than this
 
 
+def seek_zip_member(f, path: Path, info: zipfile.ZipInfo) -> None:
+    """Move the open file `f` to the first byte of a stored zip member's data (past its local header)."""
+    f.seek(info.header_offset)
+    local = f.read(30)
+    if local[:4] != b"PK\x03\x04":
+        raise DataError(f"{path}: corrupt zip local header for {info.filename}")
+    n_name, n_extra = struct.unpack("<HH", local[26:30])
+    f.seek(info.header_offset + 30 + n_name + n_extra)
+
+
 def _memmap_member(path: Path, info: zipfile.ZipInfo):
     """Memory-map an uncompressed .npy member of a zip; None when that is not possible."""
     if info.compress_type != zipfile.ZIP_STORED:
         return None
     with open(path, "rb") as f:
-        f.seek(info.header_offset)
-        local = f.read(30)
-        if local[:4] != b"PK\x03\x04":
-            raise DataError(f"{path}: corrupt zip local header for {info.filename}")
-        n_name, n_extra = struct.unpack("<HH", local[26:30])
-        f.seek(info.header_offset + 30 + n_name + n_extra)
+        seek_zip_member(f, path, info)
         version = np.lib.format.read_magic(f)
         read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
         if read is None:

@@ -110,7 +110,6 @@ def bullet_trades(model, x, y, eps, weight, *, beta: float = 6.0, norm: str = "l
     trades_kl. Weight-0 samples: no attack, no loss. The adversarial forward runs only on
     attacked samples (for the others logits_adv = logits_nat)."""
     _check(steps, probe_steps, "none")
-    b = x.shape[0]
     e, group, spent, x_adv, act = _setup(x, eps, weight)
     if act.numel():
         p_nat = F.softmax(_no_grad_logits(model, x[act]), dim=1)
