@@ -236,8 +236,8 @@ def claim(row_dir: Path) -> bool:
 
 def curve(run_dir: Path) -> list[dict]:
     """The run's learning curve, compact: one point per validation, in order of compute."""
-    keys = ("epoch", "grad_evals", "forward_evals", "train_seconds", "val_clean", "val_robust", "val_grad_evals",
-            "val_seconds")
+    keys = ("epoch", "grad_evals", "forward_evals", "train_seconds", "val_clean", "val_robust", "val_n",
+            "val_grad_evals", "val_seconds")
     pts = []
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         try:

@@ -12,9 +12,10 @@ from leanrobust.speedup import Curve, Speedup, plot, speedup_from_curves
 FAMILIES = {"pgd_at": "PGD-AT", "trades": "TRADES", "mart": "MART"}  # baseline group prefix -> label
 
 
-def curve_of(row: dict) -> Curve:
+def curve_of(row: dict, val_n: int) -> Curve:
     """The row's learning curve as a speedup.Curve, with the compute spent before training (scoring with a
-    pretrained model: info.scoring_grad_evals / scoring_seconds) added to every point: it is the row's cost."""
+    pretrained model: info.scoring_grad_evals / scoring_seconds) added to every point: it is the row's cost.
+    val_n: the held-out points of the base config, for rows written before their curves recorded it."""
     pts = row.get("curve") or []
     info = row.get("info") or {}
     g0, s0 = int(info.get("scoring_grad_evals", 0)), float(info.get("scoring_seconds", 0.0))
@@ -22,7 +23,7 @@ def curve_of(row: dict) -> Curve:
                  epoch=[p["epoch"] for p in pts], grad_evals=[int(p["grad_evals"]) + g0 for p in pts],
                  seconds=[None if p.get("train_seconds") is None else p["train_seconds"] + s0 for p in pts],
                  value=[float(p["val_robust"]) for p in pts],
-                 val_n=pts[0].get("val_n") if pts else None)
+                 val_n=pts[0].get("val_n", val_n) if pts else None)
 
 
 def family(row: dict) -> str:
@@ -62,14 +63,14 @@ def groups(done: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def family_speedups(done: list[dict], epochs: int) -> dict[str, Speedup]:
+def family_speedups(done: list[dict], epochs: int, val_n: int) -> dict[str, Speedup]:
     """leanrobust.speedup per objective family whose full-data baseline (the full schedule) has rows."""
     out = {}
     for fam in FAMILIES:
         base = f"{fam}_e{epochs}"
         rows = [r for r in done if family(r) == fam and r.get("curve")]
         if any(r["group"] == base for r in rows):
-            curves = [curve_of(r) for r in rows]
+            curves = [curve_of(r, val_n) for r in rows]
             out[fam] = speedup_from_curves(curves, base)
     return out
 
@@ -238,7 +239,9 @@ def write_report(all_rows: list[dict], protocol=None) -> Path:
     epochs, TABLE = p.epochs, p.table
     finished = done_rows(RESULTS / f"{TABLE}.jsonl")
     done = [finished[r["name"]] for r in all_rows if r["name"] in finished]
-    sp = family_speedups(done, epochs)
+    from leanrobust.config import load_config
+
+    sp = family_speedups(done, epochs, load_config(p.base).validation.n)
     lines = [f"# Time to robustness: {p.title}", "",
              "Command: `PYTHONPATH=src:benchmarks python benchmarks/time_to_robustness.py "
              f"{p.flag}--stage STAGE` (rows: {TABLE}.jsonl, one per finished training, each with "
