@@ -228,7 +228,7 @@ def test_bad_npz_gives_clear_error_and_no_finished_run(tmp_path, problem, needle
         Trainer(cfg, tmp_path / "run").fit()
     assert f"{where}.npz" in str(e.value)
     assert not (tmp_path / "run" / "summary.json").exists()
-    assert (tmp_path / "run" / "checkpoint.pt").exists() == (where == "test")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # test-side errors come before any training
 
 
 def test_npz_dataset_trains(tmp_path):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,95 @@ def atomic_write(path: str | Path, write) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+# the temp file atomic_write makes next to `name`: tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp")
+_TEMP_RE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def clean_orphans(directory: str | Path, names) -> list[Path]:
+    """Remove the temp files atomic_write leaves next to any of `names` in `directory` when its process is
+    killed mid-write (`.checkpoint.pt.ab12cd_9.tmp`). Call it only while holding the directory's RunLock:
+    a live writer's temp file looks the same. Returns the files removed."""
+    directory, names, removed = Path(directory), set(names), []
+    if not directory.is_dir():
+        return removed
+    for p in directory.iterdir():
+        m = _TEMP_RE.match(p.name)
+        if m and m.group("name") in names and p.is_file() and not p.is_symlink():
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the lock of a run directory."""
+
+
+class RunLock:
+    """An advisory lock (fcntl.flock) on `directory/.lock`, so that two processes never write one run
+    directory. The OS releases it when the process ends, however it ends (a crash, SIGKILL): a stale lock
+    file is harmless, only a live holder blocks. The file records the holder's pid and host for the error
+    message. Where flock is unavailable (Windows, some network file systems) the lock is skipped."""
+
+    NAME = ".lock"
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.path = self.directory / self.NAME
+        self._fd: int | None = None
+
+    def _holder(self) -> str:
+        for _ in range(20):  # the holder writes its pid just after taking the lock
+            try:
+                info = json.loads(self.path.read_text())
+                return f"pid {int(info['pid'])} on host {info['host']}, since {info.get('since', '?')}"
+            except (OSError, ValueError, KeyError, TypeError):
+                time.sleep(0.01)
+        return "a process that did not record its pid"
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks here
+            return self
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunLockedError(f"{self.directory} is in use: another leanrobust process ({self._holder()}) is "
+                                 f"training into it. Wait for that process to end (or stop it), or choose another "
+                                 f"--out; two processes in one run directory would mix their checkpoints and "
+                                 f"metrics") from None
+        except OSError:  # a file system without flock support: run unlocked, as before
+            os.close(fd)
+            return self
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Close the file, which drops the lock (the file stays: removing it could race a new holder)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -28,7 +28,8 @@ from .data.build import TrainingData, build_training_data, load_test_set
 from .data.sampler import MixingSampler
 from .ema import EMA
 from .evaluate import evaluate_model
-from .io import load_checkpoint, save_checkpoint, save_weights, truncate_jsonl, write_json, write_text
+from .io import (RunLock, clean_orphans, load_checkpoint, save_checkpoint, save_weights, truncate_jsonl, write_json,
+                 write_text)
 from .models import build_model
 from .objectives import call_objective
 from .schedule import lr_factor
@@ -41,6 +42,11 @@ BEST_NEXT = "best.next.safetensors"
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
+RUN_FILES = (CHECKPOINT, WEIGHTS, BEST, BEST_NEXT, SUMMARY, METRICS, CONFIG)  # written by the trainer alone
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged (a NaN or infinite loss or weights): the run stops, its last good checkpoint kept."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,6 +79,12 @@ def model_spec(cfg: RunConfig, info) -> dict:
 
 def build_from_spec(spec: dict) -> nn.Module:
     return build_model(spec["name"], spec["num_classes"], spec["in_channels"], spec["mean"], spec["std"], **spec["kwargs"])
+
+
+def _all_finite(tensors) -> torch.Tensor:
+    """One device bool: every floating tensor finite (a single sync when read)."""
+    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
+    return torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool)
 
 
 @dataclass
@@ -136,6 +148,7 @@ class Trainer:
         self.samples_seen = 0
         self.best_metric = -1.0
         self.best_epoch = -1
+        self._test_set: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # loaded and checked before training
 
     # ----- selection and batches -------------------------------------------------------
     def set_selection(self, sel: Selection) -> None:
@@ -180,6 +193,7 @@ class Trainer:
         obj = cfg.objective
         every = cfg.validation.every_grad_evals
         bucket = self.counter.grad_evals // every if every else 0
+        bad = torch.full((), -1, dtype=torch.int64, device=self.device)  # first step with a non-finite loss
         for i, positions in enumerate(bar):
             x, y, eps, w = self.batch(positions, gen)
             lr = o.lr * lr_factor(o, epoch, i, len(self.sampler))
@@ -189,6 +203,9 @@ class Trainer:
                 out = call_objective(obj.name, self.train_model, x, y, eps, w, norm=obj.norm, steps=obj.steps,
                                      step_size=obj.step_size, beta=obj.beta, label_smoothing=obj.label_smoothing,
                                      epoch=epoch, num_epochs=o.epochs, **obj.params)
+            bad = torch.where((bad < 0) & ~torch.isfinite(out.loss.detach()), i, bad)  # on the device: no sync
+            if self.world_size == 1 and (i + 1) % 10 == 0 and int(bad) >= 0:  # one process: stop soon
+                self._diverged(epoch, int(bad))
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             if o.grad_clip:
@@ -209,12 +226,32 @@ class Trainer:
                 self.sync_counters()
             if every and self.counter.grad_evals // every > bucket and i + 1 < len(self.sampler):
                 bucket = self.counter.grad_evals // every
+                if self.world_size == 1 and int(bad) >= 0:  # no curve point of a diverged model
+                    self._diverged(epoch, int(bad))
                 self.mid_point(epoch + (i + 1) / len(self.sampler))
         if self.cuda:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0 - self._epoch_val_seconds
-        loss, right, seen = distributed.sum_all([loss_sum.item(), correct.item(), seen])  # over the ranks
+        weights_ok = bool(_all_finite(list(self.model.parameters()) + list(self.model.buffers())))
+        loss, right, seen, n_bad, n_nonfinite = distributed.sum_all(  # over the ranks
+            [loss_sum.item(), correct.item(), seen, float(int(bad) >= 0), float(not weights_ok)])
+        if n_bad or n_nonfinite:  # every rank stops here together: no rank is left waiting in a collective
+            self._diverged(epoch, int(bad) if int(bad) >= 0 else None, weights=not n_bad)
         return EpochStats(loss / max(seen, 1), right / max(seen, 1), int(seen), dt)
+
+    def _diverged(self, epoch: int, step: Optional[int], weights: bool = False) -> None:
+        """Stop the run: nothing of the diverged epoch is saved, the last good checkpoint stays as it is."""
+        n = len(self.sampler)
+        where = (f"epoch {epoch + 1} of {self.cfg.optim.epochs}, " +
+                 (f"step {step + 1} of {n}" if step is not None else "on another rank" if not weights
+                  else f"after its last step (the weights became non-finite; the loss stayed finite)"))
+        what = "non-finite weights" if weights else "non-finite training loss (NaN or inf)"
+        kept = (f"the last good checkpoint (epoch {self.epoch}) in {self.dir} is kept" if self.epoch
+                else f"no checkpoint was written to {self.dir}")
+        raise NonFiniteLossError(f"training diverged: {what} in {where}; the run is stopped and not marked complete, "
+                                 f"{kept}. Resuming would diverge again: start a new run with a lower optim.lr "
+                                 "(or optim.grad_clip), and check optim.weight_decay, objective.step_size/beta and "
+                                 "the data for NaN or huge values")
 
     def sync_counters(self) -> None:
         """Add every rank's passes since the last sync to the counter, so all ranks hold the job's totals."""
@@ -341,11 +378,35 @@ class Trainer:
     def fit(self, stop_after_epoch: Optional[int] = None) -> Optional[dict]:
         """Train to cfg.optim.epochs (or stop after `stop_after_epoch` completed epochs, for
         tests and budgeted runs), then evaluate. Returns the summary, or None if stopped early."""
-        cfg = self.cfg
-        if stop_after_epoch is None and cfg.data.dataset == "npz" and not cfg.data.test_path:
-            raise ValueError("data.test_path is needed: a finished run is evaluated on the test set, so an npz "
-                             "dataset needs its npz test file (found out before training, not after)")
+        self.check_evaluation_inputs(stop_after_epoch)
         self.dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(self.dir)
+        distributed.on_main(lambda: lock.acquire() and None)  # rank 0 alone; its error reaches every rank
+        try:
+            return self._fit(stop_after_epoch)
+        finally:
+            lock.release()
+
+    def check_evaluation_inputs(self, stop_after_epoch: Optional[int] = None) -> None:
+        """Everything the final evaluation reads (the attack names, the test set: its files, shape and labels),
+        checked before the first step, so that a bad test set fails in seconds, not after all of training
+        (and `resume` does not train again into the same error). The test set is kept for finish()."""
+        from .evaluate import parse_attacks
+
+        cfg = self.cfg
+        parse_attacks(cfg.eval.attacks)
+        if cfg.data.dataset == "npz" and not cfg.data.test_path:
+            if stop_after_epoch is None:
+                raise ValueError("data.test_path is needed: a finished run is evaluated on the test set, so an npz "
+                                 "dataset needs its npz test file (found out before training, not after)")
+            return
+        if self._test_set is None:
+            self._test_set = load_test_set(cfg.data, self.data.info)
+
+    def _fit(self, stop_after_epoch: Optional[int]) -> Optional[dict]:
+        cfg = self.cfg
+        if self.rank == 0:
+            clean_orphans(self.dir, RUN_FILES)  # temp files of a write a kill interrupted (we hold the lock)
         ckpt = self.dir / CHECKPOINT
         state = distributed.on_main(lambda: load_checkpoint(ckpt) if ckpt.exists() else None)  # rank 0's file
         if state is not None:
@@ -410,7 +471,7 @@ class Trainer:
         model.eval()
         if self.rank == 0:
             save_weights(self.dir / WEIGHTS, model, self._metadata())
-        images, labels = load_test_set(cfg.data, self.data.info)
+        images, labels = self._test_set if self._test_set is not None else load_test_set(cfg.data, self.data.info)
         ev = evaluate_model(model, images, labels, eps=cfg.objective.eps, norm=cfg.objective.norm,
                             attacks=cfg.eval.attacks, n=cfg.eval.n, autoattack_n=cfg.eval.autoattack_n,
                             autoattack_version=cfg.eval.autoattack_version, batch_size=cfg.eval.batch_size,
