@@ -19,6 +19,8 @@ from leanrobust.config import validate_config
 from leanrobust.io import RunLock, RunLockedError, load_checkpoint
 from leanrobust.train import NonFiniteLossError, Trainer, resume
 
+from test_train import set_keys
+
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
 
@@ -43,13 +45,7 @@ def npz_config(tmp_path, **over):
         "validation": {"n": 8, "steps": 1},
         "eval": {"n": 8, "attacks": ["pgd2"], "batch_size": 8},
     }
-    for k, v in over.items():
-        node = raw
-        *path, last = k.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = v
-    return validate_config(raw)
+    return validate_config(set_keys(raw, over))
 
 
 # ----------------------------------------------------------------------------- (a) the lock

@@ -24,13 +24,18 @@ def tiny_config(**over):
         "validation": {"n": 64, "steps": 2},
         "eval": {"n": 64, "attacks": ["pgd5"], "batch_size": 64},
     }
+    return validate_config(set_keys(raw, over))
+
+
+def set_keys(raw: dict, over: dict) -> dict:
+    """raw with dotted keys ("optim.epochs": 3) set, sections made as needed."""
     for k, v in over.items():
         node = raw
         *path, last = k.split(".")
         for p in path:
             node = node.setdefault(p, {})
         node[last] = v
-    return validate_config(raw)
+    return raw
 
 
 @needs_fmnist
