@@ -114,3 +114,15 @@ def test_train_dry_run_prints_sizes_and_cost_and_writes_nothing(tmp_path):
     cfg.write_text("data: {train_subset: 256, selection: missing.npz}\n")
     r = runner.invoke(app, ["train", str(cfg), "--out", str(tmp_path / "run"), "--dry-run"])
     assert r.exit_code == 2 and "missing.npz" in r.output
+
+
+@pytest.mark.parametrize("cmd, flag", [(["speedup"], "--no-json"), (["compress"], "--no-force"),
+                                       (["compress"], "--no-plain-eps"), (["select"], "--no-puma"),
+                                       (["proxy-quality"], "--no-json"), (["synth", "gaussian"], "--no-overwrite")])
+def test_boolean_flags_have_a_negative_form(cmd, flag):
+    from typer.testing import CliRunner
+
+    from leanrobust.cli import app
+
+    r = CliRunner().invoke(app, [*cmd, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"})
+    assert r.exit_code == 0 and flag in r.output

@@ -97,8 +97,8 @@ def register(app: typer.Typer) -> None:
                      metric: Optional[str] = typer.Option(None, help="l2 | l1 | linf covering metric (default l2, "
                                                           "MFC's authors'; eps + eta is measured in the training norm)"),
                      solver: str = typer.Option("auto", help="MFC: auto | greedy | milp | lp_milp"),
-                     plain_eps: bool = typer.Option(False, "--plain-eps", help="MFC: attack centres at eps, not eps + eta"),
-                     force: bool = typer.Option(False, "--force", help="MFC: write a vacuous covering (all centres' "
+                     plain_eps: bool = typer.Option(False, "--plain-eps/--no-plain-eps", help="MFC: attack centres at eps, not eps + eta"),
+                     force: bool = typer.Option(False, "--force/--no-force", help="MFC: write a vacuous covering (all centres' "
                                                 "balls at eps + eta share an image) instead of refusing it"),
                      iterations: int = typer.Option(1000, help="DM: optimisation steps"),
                      batch_real: int = typer.Option(256, help="DM: real images per class per step"),

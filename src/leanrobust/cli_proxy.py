@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
                      label_with: Optional[Path] = typer.Option(None, "--label-with",
                                                                help="leanrobust classifier run: pseudo-labels = argmax"),
                      device: str = typer.Option("auto", "--device"),
-                     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing OUT"),
+                     overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace an existing OUT"),
                      ) -> None:
         """Sample a labelled npz (image uint8 NxHxWxC, label int64); a rerun resumes from OUT.parts/."""
         from .proxy.generator import sample_to_npz
@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
                        rank: int = typer.Option(0, "--rank", min=0, help="0: diagonal covariance; r: PPCA rank r"),
                        per_class: str = typer.Option("balanced", "--per-class"),
                        seed: int = typer.Option(0, "--seed"),
-                       overwrite: bool = typer.Option(False, "--overwrite"),
+                       overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite"),
                        ) -> None:
         """Crude per-class Gaussian proxy data (the bottom of the quality ladder)."""
         from .proxy.generator import gaussian_to_npz
@@ -174,7 +174,7 @@ def register(app: typer.Typer) -> None:
                           arc: bool = typer.Option(True, "--arc/--no-arc", help="robust discrimination curve"),
                           seed: int = typer.Option(0, "--seed"),
                           device: str = typer.Option("auto", "--device"),
-                          as_json: bool = typer.Option(False, "--json", help="print JSON only"),
+                          as_json: bool = typer.Option(False, "--json/--no-json", help="print JSON only"),
                           out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON here"),
                           ) -> None:
         """Proxy-data quality: robust discrimination area, conditional Wasserstein, Frechet distance."""

@@ -150,7 +150,7 @@ def register(app: typer.Typer) -> None:
                                          "default (margin, kappa: highest; loss, el2n, grand, pm: lowest)"),
                class_balanced: bool = typer.Option(True, "--class-balanced/--global",
                                                    help="keep per class in proportion to class sizes"),
-               puma: bool = typer.Option(False, "--puma", help="PUMA: scores are margins; prune the highest and "
+               puma: bool = typer.Option(False, "--puma/--no-puma", help="PUMA: scores are margins; prune the highest and "
                                          "lower eps on the q lowest kept"),
                q: float = typer.Option(0.1, "--q", help="PUMA: share of the kept set with lowered eps"),
                floor: float = typer.Option(0.0, "--floor", help="PUMA: smallest eps"),

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
                 metric: str = typer.Option("val_robust", "--metric", help="curve key: val_robust or val_clean"),
                 out: Path = typer.Option(Path("runs/speedup"), "--out",
                                          help="folder for speedup.md, speedup.json, speedup.png"),
-                as_json: bool = typer.Option(False, "--json", help="print JSON only"),
+                as_json: bool = typer.Option(False, "--json/--no-json", help="print JSON only"),
                 boot: int = typer.Option(10000, "--boot", min=0, help="bootstrap resamples for the CI (0: no CI)"),
                 seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
                 ) -> None:
