@@ -8,17 +8,11 @@ from typing import List, Optional
 
 import typer
 
+from .cli_common import KNOWN_ERRORS, echo_outputs
+from .cli_common import fail as _fail
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Adversarially robust image classifiers with less data and less compute.")
-
-
-def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
-# OSError: an unwritable --out or a full disk; KeyError: malformed metadata in a weights file
-KNOWN_ERRORS: tuple = (ValueError, OSError, KeyError, RuntimeError, NotImplementedError)
 
 
 @app.command()
@@ -137,15 +131,6 @@ def report(paths: List[Path] = typer.Argument(..., help="run directories, or fol
     except KNOWN_ERRORS as e:
         _fail(e)
     echo_outputs(rep.to_dict(), to_markdown(rep), files, as_json)
-
-
-def echo_outputs(data: dict, markdown: str, files: dict, as_json: bool) -> None:
-    """What a comparison command prints: its JSON alone (--json, for pipes), or its table and the files written."""
-    if as_json:
-        typer.echo(json.dumps(data, indent=2))
-        return
-    typer.echo(markdown)
-    typer.echo("wrote " + ", ".join(str(f) for f in files.values()))
 
 
 def _print_accuracies(res: dict) -> None:

@@ -106,7 +106,7 @@ def register(app: typer.Typer) -> None:
                      out: Path = typer.Option(..., "--out", help="output .npz"),
                      device: str = typer.Option("cpu")) -> None:
         """Compress the training set: an MFC covering or a baseline, as a Selection or a new pool."""
-        from .cli import KNOWN_ERRORS, _fail
+        from .cli_common import KNOWN_ERRORS, fail as _fail
 
         try:
             rep = compress(config, method, ipc=ipc, fraction=fraction, radius=radius, metric=metric, solver=solver,

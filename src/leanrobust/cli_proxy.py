@@ -18,7 +18,7 @@ def _floats(text: str, what: str) -> list[float]:
 
 def register(app: typer.Typer) -> None:
     """Add the `synth` command group, `proxy-quality` and `certify` to the leanrobust app."""
-    from .cli import KNOWN_ERRORS, _fail
+    from .cli_common import KNOWN_ERRORS, fail as _fail
 
     synth = typer.Typer(no_args_is_help=True, help="Generated (proxy) training data: train, sample, filter.")
     app.add_typer(synth, name="synth")

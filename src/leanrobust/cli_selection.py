@@ -85,7 +85,7 @@ def _warmup_model(cfg, epochs: int):
 
 def register(app: typer.Typer) -> None:
     """Add the `score` and `select` commands to the leanrobust app."""
-    from .cli import KNOWN_ERRORS, _fail
+    from .cli_common import KNOWN_ERRORS, fail as _fail
 
     @app.command()
     def score(config: Path = typer.Argument(..., help="YAML experiment file (its data section defines the pool)"),

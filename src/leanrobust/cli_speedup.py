@@ -10,7 +10,7 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add the `speedup` command to the leanrobust app."""
-    from .cli import KNOWN_ERRORS, _fail, echo_outputs
+    from .cli_common import KNOWN_ERRORS, echo_outputs, fail as _fail
 
     @app.command()
     def speedup(paths: List[Path] = typer.Argument(..., help="run directories (finished or not), or folders holding "
