@@ -52,19 +52,17 @@ class PassCounter:
 
         return on_backward
 
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
+    def paused(self) -> contextlib.AbstractContextManager:
         """Passes made inside are not counted (validation and test evaluation)."""
-        prev, self.active = self.active, False
-        try:
-            yield
-        finally:
-            self.active = prev
+        return self._active(False)
+
+    def counting(self) -> contextlib.AbstractContextManager:
+        """Passes made inside are counted (a counter that is off by default, e.g. the validation one)."""
+        return self._active(True)
 
     @contextlib.contextmanager
-    def counting(self) -> Iterator[None]:
-        """Passes made inside are counted (a counter that is off by default, e.g. the validation one)."""
-        prev, self.active = self.active, True
+    def _active(self, on: bool) -> Iterator[None]:
+        prev, self.active = self.active, on
         try:
             yield
         finally:
