@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..config import RunConfig
 from ..models import last_linear
 from .gradmatch import gradmatch_select, gradmatch_selection, last_layer_factors
 from .pruning import PRUNE_MODES, select_by_score
@@ -78,7 +77,7 @@ def _shared(sel: Selection) -> Selection:
     return Selection(s["indices"], s["weight"], s["eps"])
 
 
-def make_selection_hook(cfg: RunConfig) -> Callable:
+def make_selection_hook(cfg) -> Callable:  # cfg: a config.RunConfig (not imported: config imports this module)
     """Trainer on_epoch_start hook for cfg.selection (method, fraction, prune, class_balanced,
     every, start_epoch, params). Pass it as Trainer(cfg, run_dir, on_epoch_start=hook).
 
