@@ -1,9 +1,16 @@
-"""Resumable benchmark tables: one JSON line per finished row, appended as soon as the row is
+"""What every benchmark table shares.
+
+Rows: resumable benchmark tables, one JSON line per finished row, appended as soon as the row is
 done; rows already in the file are skipped on restart, and an interrupted training row resumes
 from its run directory's checkpoint. Every row records the device it ran on and (rows written
-since the `git` field was added) the short commit of the code that produced it."""
+since the `git` field was added) the short commit of the code that produced it. Rows written by
+older code are read through legacy_rows.py.
+
+Report: write_table writes a table's markdown (and its JSON document and figure, where it has them)
+into results/, and the plot helpers draw its figure; every table script writes its outputs through it."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -12,9 +19,12 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from leanrobust.config import load_config
+from leanrobust.figures import save_figure
+from leanrobust.io import atomic_write, write_json, write_text
 from leanrobust.train import Trainer
 
 RESULTS = Path(__file__).parent / "results"
@@ -134,15 +144,78 @@ def run_table(table: str, rows: list[dict], *, runs_dir: Path = Path("runs/bench
     return [finished[r["name"]] for r in rows if r["name"] in finished]
 
 
-def best_epoch(row: dict, runs_dir: Path = Path("runs/bench")) -> str:
-    """The epoch model selection kept (rows written before it was recorded: read the run's summary)."""
-    if row.get("best_epoch") is None:
-        f = runs_dir / row["table"] / row["name"] / "run" / "summary.json"
-        if f.exists():
-            s = json.loads(f.read_text())
-            row = {**row, "best_epoch": s.get("best_epoch"), "epochs": s.get("epochs")}
-    return "-" if row.get("best_epoch") is None else f"{row['best_epoch']}/{row.get('epochs')}"
-
-
 def pct(x: Optional[float]) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
+
+
+def override(row: dict, key: str, default=None):
+    """The value a row's overrides give `key` (the last one wins, as in load_config); `default` when none does."""
+    vals = [o.split("=", 1)[1] for o in row.get("overrides", []) if o.startswith(key + "=")]
+    return vals[-1] if vals else default
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> Path:
+    """np.savez of `arrays` to path (uncompressed, no pickles), atomically (leanrobust.io.atomic_write)."""
+    def savez(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: given a path, np.savez would append .npz to the temp name
+            np.savez(f, **arrays)
+
+    return atomic_write(path, savez)
+
+
+# ----------------------------------------------------------------------------- the report of a table
+def write_table(out: Path, markdown: str | list[str], *, data: Optional[dict] = None, fig=None,
+                echo: bool = True) -> None:
+    """A table's outputs: OUT.md (markdown: the text, or its lines), OUT.json (data: tables whose results
+    are one JSON document rather than rows) and OUT.png (fig, saved at 120 dpi and closed), each written
+    atomically by leanrobust.io / leanrobust.figures. out: the path without suffix, e.g. RESULTS / TABLE.
+    echo: also print the markdown."""
+    text = markdown if isinstance(markdown, str) else "\n".join(markdown) + "\n"
+    if data is not None:
+        write_json(out.parent / f"{out.name}.json", data)
+    write_text(out.parent / f"{out.name}.md", text)
+    if fig is not None:
+        save_figure(fig, out.parent / f"{out.name}.png")
+    if echo:
+        print(text, end="")
+
+
+def parse_json_table_args(ap: argparse.ArgumentParser, markdown: Callable[[dict], str]) -> Optional[argparse.Namespace]:
+    """The arguments of a table whose results are one JSON document (written by write_table's data), plus
+    --markdown-from JSON: given it, only the .md next to that document is rewritten from it
+    (markdown(document), nothing measured) and None is returned."""
+    ap.add_argument("--markdown-from", type=Path, metavar="JSON", help="only rewrite the .md of a saved .json")
+    args = ap.parse_args()
+    if args.markdown_from is None:
+        return args
+    write_table(args.markdown_from.with_suffix(""), markdown(json.loads(args.markdown_from.read_text())), echo=False)
+    return None
+
+
+def subplots(*args, **kwargs):
+    """plt.subplots on matplotlib's Agg backend: a table's figure is drawn headless, for write_table."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def plotted_robust(row: dict) -> float:
+    """The robust accuracy a table's figure shows: AutoAttack, else PGD-20 (0 when the row has neither)."""
+    ra = row["robust_acc"]
+    return ra.get("autoattack", ra.get("pgd20", 0))
+
+
+def plot_clean_vs_robust(ax, rows: list[dict], text: Callable[[dict], str], *, label: Optional[str] = None,
+                         line: bool = False) -> None:
+    """One series of rows at (clean %, robust %: plotted_robust), each point annotated with text(row);
+    joined by a line in the given order when `line`, else a scatter."""
+    xs = [100 * r["clean_acc"] for r in rows]
+    ys = [100 * plotted_robust(r) for r in rows]
+    if line:
+        ax.plot(xs, ys, "o-", label=label)
+    else:
+        ax.scatter(xs, ys, label=label)
+    for r, x, y in zip(rows, xs, ys):
+        ax.annotate(text(r), (x, y), fontsize=7)

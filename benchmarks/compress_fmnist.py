@@ -1,17 +1,27 @@
-"""Robust dataset compression on Fashion-MNIST (Linf eps 0.1): MFC with the generalized
-adversarial loss (centres attacked at eps + eta, weighted by coverage), MFC at the plain eps,
-Distribution Matching, random and k-centre, at 10/50/100/600 images per class. Per row: clean
-accuracy after ERM, clean / PGD-20 / AutoAttack accuracy after adversarial training, compression
-time. Resumable (one JSON line per finished row in benchmarks/results/compress_fmnist.jsonl).
+"""Robust dataset compression on Fashion-MNIST (Linf eps 0.1): MFC with the generalized adversarial
+loss, MFC at the plain eps, Distribution Matching, random and k-centre, at 10 / 50 / 100 / 600 images
+per class (ipc).
+
+Regime (benchmarks/configs/compress_fmnist.yaml): half-width SmallCNN, SGD lr 0.05 cosine, batch 64, the
+last checkpoint kept; adversarial training PGD-7 at Linf eps 0.1. Data: the Fashion-MNIST training set
+(1000 held out) compressed by the row's method to k images. Budget: epochs = ceil(steps * 64 / k) for
+the k images a row keeps (--steps 800: about 51,200 training samples per run; equal samples, not
+equal SGD steps: a run makes epochs * ceil(k / 64) steps of batch 64, and for small k the last batch
+of an epoch is short or, with weighted sampling, padded to 64). Eval: clean and PGD-20 on the first
+1000 test points, AutoAttack (standard) on the first 200.
+
+Rows: {method}_ipc{ipc}_erm (plain training: clean accuracy) and {method}_ipc{ipc}_pgd_at (adversarial
+training: clean / PGD-20 / AutoAttack) for every ipc and method, both on one compressed set:
+  mfc_gen       MFC, Linf covering (the training norm, as the bound needs), centres attacked at eps + eta
+  mfc_plain     the same centres and weights, attacked at the plain eps
+  mfc_l2_plain  MFC, L2 covering (the authors' default metric) at the plain Linf eps: no guarantee
+  dm            Distribution Matching, --dm-iterations (300; the rows at 100 / 600 ipc ran 150 / 40)
+  random        class-balanced random images
+  kcenter       Linf k-centre
+MFC rows draw centres in proportion to their weight (data.weighting=sample); the compression time is
+part of each row. Resumable: one JSON line per finished row in benchmarks/results/compress_fmnist.jsonl.
 
     python benchmarks/compress_fmnist.py [--ipc 10 50 100 600] [--methods ...] [--steps 800] [--plot-only]
-
-Training budget: epochs = ceil(steps * 64 / k) for a row that keeps k images, about steps * 64 samples
-seen (equal samples, not equal SGD steps: a run makes epochs * ceil(k / 64) steps of batch 64, so small
-k, whose last batch of an epoch is short or, with weighted sampling, padded to 64, differs). Rows
-trained before k was used assumed k = 10 * ipc, which MFC's coverings do not keep (k = 63 at 10 ipc:
-512 epochs of 1 batch, 32,768 samples, against 1,024 steps / 51,200 samples for k = 100); the report
-shows each row's steps and samples seen.
 """
 from __future__ import annotations
 
@@ -20,15 +30,14 @@ import json
 import math
 from pathlib import Path
 
-from common import RESULTS, pct, run_table
+import legacy_rows
+from common import RESULTS, done_rows, pct, plot_clean_vs_robust, run_table, subplots, write_table
 
 from leanrobust.cli_compress import compress
 
 BASE = Path(__file__).parent / "configs" / "compress_fmnist.yaml"
 RUNS = Path("runs/bench")
-# mfc_gen: Linf covering (the training norm, as the bound needs), centres attacked at eps + eta;
-# mfc_plain: the same centres and weights at the plain eps; mfc_l2_plain: an L2 covering (the
-# authors' default metric) trained at the plain Linf eps, an ablation without the guarantee.
+# The methods of the docstring: row name -> (compress method, its options).
 # MFC rows train with data.weighting=sample (centres drawn in proportion to the points they cover,
 # weight 1): the weighted loss's expectation without its variance. Rows named *_lossw ran with the
 # weights multiplying the loss instead (the first runs: a centre weighing 30x in a batch of 64 blew
@@ -40,10 +49,15 @@ METHODS = {"mfc_gen": ("mfc", {"metric": "linf", "force": True}), "mfc_plain": (
            "mfc_l2_plain": ("mfc", {"metric": "l2", "plain_eps": True})}
 
 
+def pool_file(method: str, ipc: int) -> Path:
+    """Where the compressed set of (method, ipc) goes (its report: the same name, .json)."""
+    return RUNS / "compress_fmnist" / "pools" / f"{method}_{ipc}.npz"
+
+
 def compressed(method: str, ipc: int, dm_iterations: int) -> tuple[Path, dict]:
     """Compress once per (method, ipc); ERM and AT rows share the output."""
     kind, kw = METHODS[method]
-    out = RUNS / "compress_fmnist" / "pools" / f"{method}_{ipc}.npz"
+    out = pool_file(method, ipc)
     if not out.with_suffix(".json").exists():
         dm = {"iterations": dm_iterations, "batch_real": 64} if kind == "dm" else {}  # DM's own options
         compress(BASE, kind, ipc=ipc, out=out, **dm, **kw)
@@ -96,27 +110,20 @@ NOTES = """Notes:
   steps of batch 64 = epochs x ceil(k / 64), and the training samples the row's trainer counted."""
 
 
+def ipc_of(name: str) -> int:
+    """The images per class of a row name: {method}_ipc{ipc}_{objective}."""
+    return int(name.rsplit("_ipc", 1)[1].split("_")[0])
+
+
 def _order(name: str) -> tuple:
-    m, rest = name.rsplit("_ipc", 1)
+    m = name.rsplit("_ipc", 1)[0]
     base = m.removesuffix("_lossw")
-    return (int(rest.split("_")[0]), list(METHODS).index(base) if base in METHODS else 99, m)
-
-
-# DM iterations of the committed dm rows (rows written before the row's info recorded them; read from the
-# pools' reports when the table was first generated, see the history of results/compress_fmnist.md)
-DM_ITERATIONS = {10: 300, 50: 300, 100: 150, 600: 40}
-
-
-def row_epochs(r: dict) -> int:
-    """The epochs a row trained (the last optim.epochs override wins, as in load_config)."""
-    if r.get("epochs"):
-        return int(r["epochs"])
-    return int([o.split("=", 1)[1] for o in r["overrides"] if o.startswith("optim.epochs=")][-1])
+    return (ipc_of(name), list(METHODS).index(base) if base in METHODS else 99, m)
 
 
 def sgd_steps(r: dict) -> int:
     """SGD steps of batch 64: epochs x ceil(k / 64) (plain shuffling and weighted draws alike)."""
-    return row_epochs(r) * math.ceil(r["n_train"] / 64)
+    return legacy_rows.row_epochs(r) * math.ceil(r["n_train"] / 64)
 
 
 def budget_notes(done: list[dict]) -> list[str]:
@@ -143,8 +150,7 @@ def budget_notes(done: list[dict]) -> list[str]:
                        f"{ref['samples_seen']:,}")
     if odd:
         # rows whose epochs assumed k = 10 x ipc although they kept another k
-        old_k = any(not r["info"].get("epochs_from_k")
-                    and r["n_train"] != 10 * int(r["name"].split("_ipc")[1].split("_")[0]) for r in done)
+        old_k = any(legacy_rows.epochs_from_assumed_k(r, ipc_of(r["name"])) for r in done)
         out.append("Rows whose samples seen differ by more than 5% from the random row of their budget: "
                    + "; ".join(odd) + ". Their accuracies are not at an equal training budget with the other rows "
                    "of the same ipc. MFC rows trained with weighted sampling (data.weighting=sample) fill every "
@@ -179,9 +185,7 @@ def report(done: list[dict]) -> None:
         any_r = at or erm
         label = m
         if m == "dm":  # DM's iterations differ by budget (CPU time)
-            pool_report = RUNS / "compress_fmnist" / "pools" / f"{m}_{ipc}.json"
-            it = any_r["info"].get("iterations") or (json.loads(pool_report.read_text())["iterations"]
-                                                      if pool_report.exists() else DM_ITERATIONS.get(int(ipc)))
+            it = legacy_rows.dm_iterations(any_r, int(ipc), pool_file(m, int(ipc)).with_suffix(".json"))
             label = f"dm ({it} it)" if it else "dm"
         eta = any_r["info"].get("eta_mean")
         lines.append(f"| {label} | {ipc} | {any_r['info']['k']} | {sgd_steps(any_r):,} | {any_r['samples_seen']:,} | "
@@ -190,32 +194,23 @@ def report(done: list[dict]) -> None:
                      f"{pct(at and at['robust_acc'].get('autoattack'))} | {'-' if eta is None else f'{eta:.3f}'} | "
                      f"{any_r['info']['compress_seconds']:.1f} | {any_r['device']} |")
     lines += ["", NOTES]
-    (RESULTS / "compress_fmnist.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    plot(done)
+    write_table(RESULTS / "compress_fmnist", lines, fig=plot(done))
 
 
-def plot(done: list[dict]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+def plot(done: list[dict]):
+    """AutoAttack vs clean accuracy after AT, one line per method through its budgets."""
+    fig, ax = subplots(figsize=(6, 4.5))
     for m in METHODS:
-        pts = sorted((int(r["name"].split("_ipc")[1].split("_")[0]), r) for r in done
-                     if r["name"].startswith(m + "_ipc") and r["name"].endswith("pgd_at"))
+        pts = sorted((r for r in done if r["name"].startswith(m + "_ipc") and r["name"].endswith("pgd_at")),
+                     key=lambda r: ipc_of(r["name"]))
         if pts:
-            ax.plot([p[1]["clean_acc"] * 100 for p in pts],
-                    [p[1]["robust_acc"].get("autoattack", p[1]["robust_acc"].get("pgd20", 0)) * 100 for p in pts],
-                    "o-", label=m)
-            for ipc, r in pts:
-                ax.annotate(str(ipc), (r["clean_acc"] * 100, r["robust_acc"].get("autoattack", 0) * 100), fontsize=7)
+            plot_clean_vs_robust(ax, pts, lambda r: str(ipc_of(r["name"])), label=m, line=True)
     ax.set_xlabel("clean accuracy after AT (%)")
     ax.set_ylabel("AutoAttack accuracy (%)")
     ax.set_title("Compressed Fashion-MNIST (labels: images per class)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "compress_fmnist.png", dpi=120)
+    return fig
 
 
 def main() -> None:
@@ -230,7 +225,6 @@ def main() -> None:
     table = rows(args.ipc, args.methods, args.steps, args.dm_iterations)
     done = run_table("compress_fmnist", [] if args.plot_only else table)
     if args.plot_only:
-        from common import done_rows
         done = list(done_rows(RESULTS / "compress_fmnist.jsonl").values())
     report(done)
 

@@ -7,7 +7,12 @@ the whole pool once batch by batch (as selection scoring does). The child report
 One row per pool size goes to results/memory_pool.jsonl (with the machine's load and device label),
 and the table to results/memory_pool.md. The pool lives in a temporary folder and is deleted.
 
+Regime of the child: real set 5,000 random 32x32x3 images (val 200), SmallCNN x0.25, PGD-2 at Linf 8/255,
+batch 128, half of every batch generated (data.gen_fraction 0.5), one epoch; eval and validation on 100
+points without attacks. Rows: pool_{n} for each --sizes n (default 100,000 and 2,000,000).
+
     python benchmarks/memory_pool.py --sizes 100000 2000000 --tmp /tmp
+    python benchmarks/memory_pool.py --report-only    # rewrite the table from results/memory_pool.jsonl
 """
 from __future__ import annotations
 
@@ -23,27 +28,28 @@ from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).parent / "results"
+from common import RESULTS, append_row, device_label, done_rows, git_commit, write_npz, write_table
+
 SHARD = 100_000
 
 
 def write_pool(folder: Path, n: int) -> float:
-    """n random CIFAR-shaped images in npz shards of SHARD (np.savez, uncompressed, as synth sample)."""
+    """n random CIFAR-shaped images in npz shards of SHARD (uncompressed, atomic, as synth sample)."""
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for i, start in enumerate(range(0, n, SHARD)):
         k = min(SHARD, n - start)
         rng = np.random.default_rng(i)
-        np.savez(folder / f"part_{i:05d}.npz", image=rng.integers(0, 256, (k, 32, 32, 3), dtype=np.uint8),
-                 label=rng.integers(0, 10, k))
+        write_npz(folder / f"part_{i:05d}.npz", image=rng.integers(0, 256, (k, 32, 32, 3), dtype=np.uint8),
+                  label=rng.integers(0, 10, k))
     return time.perf_counter() - t0
 
 
 def write_real(folder: Path) -> None:
     rng = np.random.default_rng(123)
     for name, k in (("train", 5000), ("test", 500)):
-        np.savez(folder / f"real_{name}.npz", image=rng.integers(0, 256, (k, 32, 32, 3), dtype=np.uint8),
-                 label=np.arange(k) % 10)
+        write_npz(folder / f"real_{name}.npz", image=rng.integers(0, 256, (k, 32, 32, 3), dtype=np.uint8),
+                  label=np.arange(k) % 10)
 
 
 def status() -> dict:
@@ -96,12 +102,12 @@ def main() -> None:
     ap.add_argument("--pool", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--real", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--run", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--report-only", action="store_true", help="rewrite the table from the rows in the results file")
     args = ap.parse_args()
     if args.child:
         return child(args)
-    sys.path.insert(0, str(Path(__file__).parent))
-    from common import append_row, device_label, git_commit
-
+    if args.report_only:
+        return report(sorted(done_rows(RESULTS / "memory_pool.jsonl").values(), key=lambda r: r["n_generated"]))
     work = Path(tempfile.mkdtemp(prefix="leanrobust-memory-pool-", dir=args.tmp))
     rows = []
     try:
@@ -125,6 +131,11 @@ def main() -> None:
             shutil.rmtree(work / f"run_{n}", ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    report(rows)
+
+
+def report(rows: list[dict]) -> None:
+    """results/memory_pool.md from rows (by pool size)."""
     lines = ["# Peak memory with a generated pool read batch by batch (benchmarks/memory_pool.py)", "",
              "CIFAR-shaped (32x32x3 uint8) generated pools as npz shards of 100k images (as `synth sample` writes "
              "them), never loaded: rows are read from the files per batch; "
@@ -141,7 +152,7 @@ def main() -> None:
     if len(rows) >= 2:
         lines += ["", f"Peak RSS difference, {rows[-1]['n_generated']:,} vs {rows[0]['n_generated']:,} images: "
                       f"{rows[-1]['VmHWM_mib'] - rows[0]['VmHWM_mib']:+.0f} MiB (goal: at most +1 GB)."]
-    (RESULTS / "memory_pool.md").write_text("\n".join(lines) + "\n")
+    write_table(RESULTS / "memory_pool", lines, echo=False)
 
 
 if __name__ == "__main__":

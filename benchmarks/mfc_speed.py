@@ -4,6 +4,10 @@ exact MILP gain over greedy set cover? Writes benchmarks/results/mfc_speed.json 
     PYTHONPATH=src python benchmarks/mfc_speed.py            # everything (a few minutes on 2 cores)
     PYTHONPATH=src python benchmarks/mfc_speed.py --no-budget  # skip the fixed-budget bisection run
     PYTHONPATH=src python benchmarks/mfc_speed.py --lp-full    # also: LP bound + LP-pruned MILP on all 60k
+    PYTHONPATH=src python benchmarks/mfc_speed.py --markdown-from benchmarks/results/mfc_speed.json
+
+Data: the 60,000 Fashion-MNIST training images (leanrobust.data.load_dataset), as [0,1] pixel vectors;
+L2 coverings per class; torch threads --threads (1) outside the thread comparison.
 
 (a) the radius that keeps ~10% of the data is found once by an untimed probe (per class: the
     coverage graph at CONFIG["probe_max"], greedy cover sizes on a grid of radii, linear
@@ -18,8 +22,6 @@ exact MILP gain over greedy set cover? Writes benchmarks/results/mfc_speed.json 
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import math
 import os
 import platform
@@ -32,11 +34,13 @@ import numpy as np
 import scipy
 import torch
 
+from common import parse_json_table_args, write_table
+from leanrobust.data import load_dataset
 from leanrobust.selection.mfc import (coverage, greedy_cover, lp_relaxation, mfc_selection, milp_cover,
                                       solve_cover, to_unit_flat)
 
 CONFIG = dict(
-    data="/usr/share/datasets/fashion-mnist",
+    data="fashion_mnist",   # the training split, read by leanrobust.data.load_dataset
     target_fraction=0.10,
     eps=8 / 255,            # only shifts Selection.eps; irrelevant to timing
     metric="l2",
@@ -48,14 +52,6 @@ CONFIG = dict(
     exact_seed=0,
     time_limit=120.0,       # seconds per HiGHS call in (b)
 )
-
-
-def load_idx(root: str) -> tuple[np.ndarray, np.ndarray]:
-    with gzip.open(Path(root) / "train-images-idx3-ubyte.gz") as f:
-        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 1, 28, 28).copy()
-    with gzip.open(Path(root) / "train-labels-idx1-ubyte.gz") as f:
-        y = np.frombuffer(f.read(), np.uint8, offset=8).astype(np.int64)
-    return x, y
 
 
 def probe_radius(x: torch.Tensor, y: np.ndarray, cfg: dict) -> dict:
@@ -113,11 +109,13 @@ def main() -> None:
     ap.add_argument("--fixed-threads", default="2,1", help="torch thread counts for the timed fixed-radius runs")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for everything else")
     ap.add_argument("--out", default="benchmarks/results/mfc_speed")
-    args = ap.parse_args()
+    args = parse_json_table_args(ap, markdown)
+    if args is None:
+        return
     cfg = dict(CONFIG)
     load0 = os.getloadavg()
-    x_np, y = load_idx(cfg["data"])
-    x = torch.from_numpy(x_np)
+    x, labels = load_dataset(cfg["data"], "train")  # uint8 (N, 1, 28, 28)
+    y = labels.numpy()
     res: dict = {"config": cfg, "command": "PYTHONPATH=src python " + " ".join(shlex.quote(a) for a in sys.argv),
                  "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                              "torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
@@ -173,9 +171,7 @@ def main() -> None:
     res["machine"]["loadavg_end"] = os.getloadavg()
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text(markdown(res))
+    write_table(out, markdown(res), data=res, echo=False)
     print(f"wrote {out}.json and {out}.md")
 
 

@@ -2,14 +2,22 @@
 TRADES; clean, PGD-20 and CW-20 on the full test set, standard AutoAttack on the full test set, and
 the wall time.
 
-Two stages, both resumable, so that CPU sessions of a few hours can finish it (a GPU does it in one):
-1. training rows (reference_fmnist.jsonl): train, evaluate clean / PGD-20 / CW-20 on all 10000 test
-   points, and copy the weights to results/reference_fmnist_models/NAME.safetensors (committed:
-   the AutoAttack stage of a later session evaluates exactly these weights);
-2. AutoAttack rows (reference_fmnist_aa.jsonl): standard AutoAttack on test points [start, start +
-   chunk) of one model, one row per chunk (AutoAttack treats points independently, so the chunks
-   add up to the full-test-set evaluation); an interrupted chunk resumes per batch from its state
-   file. --aa-minutes stops starting new chunks after that many minutes.
+Regime (configs/fmnist_smallcnn_pgdat.yaml, configs/fmnist_smallcnn_trades.yaml): SmallCNN width 1, SGD
+lr 0.05 cosine, batch 128, --epochs 10; PGD-10 training at Linf eps 0.1 (TRADES: beta 6); 59,000
+training images, 1000 held out for model selection. Eval: clean / PGD-20 / CW-20 on all 10,000 test
+points; AutoAttack (standard: APGD-CE, APGD-T, FAB-T, Square; seed 0) on all 10,000, in chunks.
+
+Rows:
+  pgd_at_e10, trades_e10 (reference_fmnist.jsonl)   train, evaluate clean / PGD-20 / CW-20, and copy the
+      weights to results/reference_fmnist_models/NAME.safetensors (committed: the AutoAttack stage of a
+      later session evaluates exactly these weights)
+  {model}_aa_{start}_{end} (reference_fmnist_aa.jsonl)   standard AutoAttack on test points [start, end)
+      of one model, one row per chunk (AutoAttack treats points independently, so the chunks add up to
+      the full-test-set evaluation); an interrupted chunk resumes per batch from its state file
+  {model} (reference_fmnist_eval.jsonl, --reeval)   clean / PGD-20 / CW-20 of the committed weights
+      under the current code; the table prefers them to the training row's numbers
+Both stages are resumable, so that CPU sessions of a few hours can finish it (a GPU does it in one);
+--aa-minutes stops starting new chunks after that many minutes.
 
     python benchmarks/reference_fmnist.py                       # both stages, all chunks
     python benchmarks/reference_fmnist.py --aa-minutes 60       # as much AutoAttack as fits an hour
@@ -30,13 +38,14 @@ from pathlib import Path
 
 import torch
 
-from common import RESULTS, append_row, device_label, done_rows, git_commit, pct, read_rows, run_table
+from common import RESULTS, append_row, device_label, done_rows, git_commit, pct, read_rows, run_table, write_table
 from leanrobust import load
 from leanrobust.config import load_config
 from leanrobust.attacks import autoattack
 from leanrobust.data import load_dataset, to_float
 from leanrobust.data.build import load_test_set
 from leanrobust.evaluate import evaluate_model, predict
+from leanrobust.train import resolve_device
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 MODELS = RESULTS / "reference_fmnist_models"
@@ -47,10 +56,9 @@ TRAINER_ORDER = "load_test_set"  # reference_fmnist_eval rows: the test points i
 
 
 def train_rows(epochs: int, device: str) -> list[dict]:
-    common = [f"optim.epochs={epochs}", "eval.attacks=[pgd20,cw20]", "eval.n=null", f"device={device}",
-              "progress=false"]
-    return [{"name": f"pgd_at_e{epochs}", "config": CONFIGS / "fmnist_smallcnn_pgdat.yaml", "overrides": common},
-            {"name": f"trades_e{epochs}", "config": CONFIGS / "fmnist_smallcnn_trades.yaml", "overrides": common}]
+    ov = [f"optim.epochs={epochs}", "eval.attacks=[pgd20,cw20]", "eval.n=null", f"device={device}", "progress=false"]
+    return [{"name": f"pgd_at_e{epochs}", "config": CONFIGS / "fmnist_smallcnn_pgdat.yaml", "overrides": ov},
+            {"name": f"trades_e{epochs}", "config": CONFIGS / "fmnist_smallcnn_trades.yaml", "overrides": ov}]
 
 
 def save_weights(rows: list[dict]) -> None:
@@ -69,7 +77,7 @@ def autoattack_chunks(names: list[str], chunk: int, minutes: float | None, devic
     shard (k, n): only the chunks whose index is k modulo n (for workers side by side)."""
     path = RESULTS / "reference_fmnist_aa.jsonl"
     images, labels = load_dataset("fashion_mnist", "test")
-    dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     t_start = time.perf_counter()
     for name in names:
         weights = MODELS / f"{name}.safetensors"
@@ -93,8 +101,7 @@ def autoattack_chunks(names: list[str], chunk: int, minutes: float | None, devic
             t = time.perf_counter()
             res = autoattack(model, x, y, eps=EPS, norm="linf", version="standard", seed=0,
                              batch_size=batch_size, state_path=state)
-            with torch.no_grad():
-                clean = int((predict(model, x, 500, dev) == y.cpu()).sum())
+            clean = int((predict(model, x, 500, dev) == y.cpu()).sum())
             row = {"name": row_name, "model": name, "start": start, "end": end, "n": end - start,
                    "clean_correct": clean, "robust_correct": int(res.robust.sum()),
                    "seconds": time.perf_counter() - t, "device": device_label(device), "threads": torch.get_num_threads(), "batch_size": batch_size,
@@ -109,7 +116,7 @@ def reevaluate(specs: list[dict], device: str) -> None:
     (those predate the clean-correct count)."""
     path = RESULTS / "reference_fmnist_eval.jsonl"
     finished = done_rows(path)
-    dev = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    dev = resolve_device(device)
     for spec in specs:
         name = spec["name"]
         weights = MODELS / f"{name}.safetensors"
@@ -241,9 +248,7 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"--models: no trained rows named {sorted(unknown)}; have {[r['name'] for r in trained]}")
         autoattack_chunks(names, args.aa_chunk, args.aa_minutes, args.device, args.aa_batch, (int(k), int(n)))
-    text = markdown(trained)
-    (RESULTS / "reference_fmnist.md").write_text(text)
-    print(text)
+    write_table(RESULTS / "reference_fmnist", markdown(trained))
 
 
 if __name__ == "__main__":

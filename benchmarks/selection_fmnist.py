@@ -1,20 +1,35 @@
-"""Data selection for robust training on Fashion-MNIST (Linf eps 0.1): random, prune-low-margin,
-prune-high-margin, PUMA, loss-adaptive, gradient-matching-adaptive (with and without Bullet-Train
-acceleration) at 70 / 50 / 30% kept, against full data; and PGD-AT vs GAIR-AT vs MAIL. Margin
-methods score with DeepFool after one warm-up epoch on the full pool; adaptive ones re-select every
-2 epochs. Wall time counts warm-up, scoring and selection. Clean / PGD-20 / CW-20 on the first 1000
-test points, AutoAttack (standard) on the first 200 (the same points for every row). Resumable:
-one JSON line per finished row in benchmarks/results/selection_fmnist.jsonl.
+"""Data selection for robust training on Fashion-MNIST (Linf eps 0.1): which training subset, chosen by
+which method, keeps the robustness of full-data adversarial training, at what cost?
+
+Regime (benchmarks/configs/selection_fmnist.yaml): half-width SmallCNN, SGD lr 0.05 cosine, batch 128,
+6 epochs; PGD-7 adversarial training at Linf eps 0.1 on a 10,000-image class-balanced subset of the
+Fashion-MNIST training set; model selection on 500 held-out images (PGD-10). Eval: clean / PGD-20 /
+CW-20 on the first 1000 test points, AutoAttack (standard) on the first 200 (the same points for every
+row). Wall time and grad evals count warm-up, scoring and selection.
+
+Rows:
+  full_100                 all 10,000 images
+  {method}_{kept}          each selection method at 70 / 50 / 30% kept (--fractions):
+    random                   class-balanced random subset, drawn once
+    prune_low_margin         drop the lowest DeepFool margins   } scored once, after one full-data
+    prune_high_margin        drop the highest DeepFool margins  } warm-up epoch (DeepFool: 3 candidates,
+    puma                     PUMA                               } 20 steps, box-clipped iterates)
+    loss_adaptive            by loss                            } re-selected every 2 epochs, after
+    gradmatch_adaptive       by gradient matching               } one full-data warm-up epoch
+    gradmatch_bullet         gradient matching + Bullet-Train   }
+  gair_at, mail_at         full data, reweighted adversarial training (GAIR-AT, MAIL) against full_100
+Resumable: one JSON line per finished row in benchmarks/results/selection_fmnist.jsonl.
 
     python benchmarks/selection_fmnist.py [--fractions 0.5 0.3 0.7] [--only NAME ...] [--report-only]
-                                          [--rerun-stale]
+                                          [--rerun-stale] [--rerun NAME ...]
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from common import RESULTS, best_epoch, done_rows, pct, run_table
+import legacy_rows
+from common import RESULTS, done_rows, override, pct, plot_clean_vs_robust, run_table, subplots, write_table
 
 BASE = Path(__file__).parent / "configs" / "selection_fmnist.yaml"
 # deepfool_clip: the table's margin rows were scored with box-clipped DeepFool iterates (the default
@@ -45,17 +60,12 @@ def rows(fractions: list[float]) -> list[dict]:
     return out
 
 
-# the commit from which LR schedules run in epochs; before it the schedule's horizon was recomputed from
-# the (shrunken) selected epoch, so a row that trained a full warm-up epoch first reached the cosine's
-# floor early. Rows without a `git` field finished before it were trained that way.
-LR_FIX = ("8269fd9", "2026-12-02 09:43:18")
 WARMUP_MARK, LR_MARK, GAIR_MARK = "†", "‡", "§"
 
 
 def start_epoch(r: dict) -> int:
     """The row's selection.start_epoch override (0, the config default, when absent)."""
-    vals = [o.split("=", 1)[1] for o in r["overrides"] if o.startswith("selection.start_epoch=")]
-    return int(vals[-1]) if vals else 0
+    return int(override(r, "selection.start_epoch", 0))
 
 
 def warmup_checkpoint(r: dict) -> bool:
@@ -64,35 +74,15 @@ def warmup_checkpoint(r: dict) -> bool:
     return start_epoch(r) >= 1 and r.get("best_epoch") is not None and r["best_epoch"] <= start_epoch(r)
 
 
-def before_review_fixes(r: dict) -> bool:
-    """Trained before LR_FIX, the commit of the review fixes (rows since then record their commit)."""
-    return "git" not in r and r.get("finished", "") < LR_FIX[1]
-
-
-def old_lr_schedule(r: dict) -> bool:
-    """A warm-up row trained before LR_FIX."""
-    return start_epoch(r) >= 1 and before_review_fixes(r)
-
-
-def old_gair_burn_in(r: dict) -> bool:
-    """A GAIR-AT row trained before LR_FIX, when begin_epoch counted from 0: reweighting began one epoch
-    later than in the reference code."""
-    return "objective.name=gair_at" in r["overrides"] and before_review_fixes(r)
-
-
-def stale(r: dict) -> bool:
-    """Rows whose method ran differently from the current code (not only counted differently)."""
-    return old_lr_schedule(r) or old_gair_burn_in(r)
-
-
 def flags(r: dict) -> str:
-    marks = [m for m, on in ((WARMUP_MARK, warmup_checkpoint(r)), (LR_MARK, old_lr_schedule(r)),
-                             (GAIR_MARK, old_gair_burn_in(r))) if on]
+    marks = [m for m, on in ((WARMUP_MARK, warmup_checkpoint(r)), (LR_MARK, legacy_rows.old_lr_schedule(r)),
+                             (GAIR_MARK, legacy_rows.old_gair_burn_in(r))) if on]
     return " ".join(marks) or "-"
 
 
 def report(done: list[dict]) -> None:
     full = next((r for r in done if r["name"] == "full_100"), None)
+    fix = legacy_rows.REVIEW_FIXES[0]  # the commit of the review fixes (see legacy_rows)
     base_s = full["total_seconds"] if full else None
     base_g = int(full["grad_evals"]) if full else None
     lines = ["# Data selection for robust training, Fashion-MNIST, Linf eps 0.1", "",
@@ -107,21 +97,21 @@ def report(done: list[dict]) -> None:
         lines[-1] += (" Rows with exactly full_100's passes show the load's effect: "
                       + ", ".join(f"{r['name']} {base_s / r['total_seconds']:.2f}x" for r in same)
                       + " wall-time 'speed-up' at a pass ratio of 1.00x.")
-    old_passes = [r["name"] for r in done if r.get("grad_evals_version", 1) < 2]
+    old_passes = [r["name"] for r in done if legacy_rows.old_pass_count(r)]
     if old_passes:
         lines[-1] += (f" Rows {', '.join(old_passes)} counted passes before DeepFool's extra backward passes were "
                       "(grad_evals_version 1): their grad evals are low; rerun them (`--rerun NAME`).")
-    old_count = [r["name"] for r in done if before_review_fixes(r)]
+    old_count = [r["name"] for r in done if legacy_rows.before_review_fixes(r)]
     if old_count:
-        lines[-1] += (f" Rows trained before commit {LR_FIX[0]} ({len(old_count)} of {len(done)}"
+        lines[-1] += (f" Rows trained before commit {fix} ({len(old_count)} of {len(done)}"
                       + (f": {', '.join(old_count)}" if len(old_count) < len(done) else "")
                       + ") counted a PGD-20/CW-20 point robust when the attack's end point was classified "
                       "correctly, even if the clean point was not; since then a robust point must also be clean-"
                       "correct, as AutoAttack's column always required, so their PGD-20/CW-20 may be slightly higher.")
     lines.append("")
     warm = [r for r in done if warmup_checkpoint(r)]
-    old_lr = [r for r in done if old_lr_schedule(r)]
-    old_gair = [r for r in done if old_gair_burn_in(r)]
+    old_lr = [r for r in done if legacy_rows.old_lr_schedule(r)]
+    old_gair = [r for r in done if legacy_rows.old_gair_burn_in(r)]
     if warm:
         lines += [f"**{WARMUP_MARK} Warm-up checkpoint ({len(warm)} rows: {', '.join(r['name'] for r in warm)}):** "
                   "model selection kept the warm-up checkpoint trained on all data before any selection (best "
@@ -131,13 +121,13 @@ def report(done: list[dict]) -> None:
         every = len(old_lr) == sum(start_epoch(r) >= 1 for r in done)
         lines += [f"**{LR_MARK} Old learning-rate schedule ({len(old_lr)} rows"
                   + (": every row with selection.start_epoch >= 1" if every else ", with selection.start_epoch >= 1")
-                  + f"):** trained before commit {LR_FIX[0]}, when the schedule's horizon was recomputed from the "
+                  + f"):** trained before commit {fix}, when the schedule's horizon was recomputed from the "
                   "shrunken selected epoch, so the cosine reached its floor early. "
                   "Their accuracies and best epochs are not those of the intended schedule; they need a rerun "
                   "(`--rerun-stale`).", ""]
     if old_gair:
         lines += [f"**{GAIR_MARK} Old GAIR-AT burn-in ({', '.join(r['name'] for r in old_gair)}):** trained before "
-                  f"commit {LR_FIX[0]}, when begin_epoch counted from 0, so reweighting began one epoch later than "
+                  f"commit {fix}, when begin_epoch counted from 0, so reweighting began one epoch later than "
                   "in the reference code; it needs a rerun (`--rerun-stale`).", ""]
     lines += ["| row | kept | clean | PGD-20 | CW-20 | AutoAttack | wall s | speed-up | grad evals | pass ratio | "
               "best epoch | flags | device |",
@@ -149,33 +139,24 @@ def report(done: list[dict]) -> None:
         kept = r["name"].rsplit("_", 1)[1] + "%" if r["name"].rsplit("_", 1)[1].isdigit() else "100%"
         lines.append(f"| {r['name']} | {kept} | {pct(r['clean_acc'])} | {pct(ra.get('pgd20'))} | {pct(ra.get('cw20'))} | "
                      f"{pct(ra.get('autoattack'))} | {r['total_seconds']:.0f} | {sp} | {int(r['grad_evals']):,} | "
-                     f"{pr} | {best_epoch(r)} | {flags(r)} | {r['device']} |")
-    (RESULTS / "selection_fmnist.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    plot(done)
+                     f"{pr} | {legacy_rows.best_epoch(r)} | {flags(r)} | {r['device']} |")
+    write_table(RESULTS / "selection_fmnist", lines, fig=plot(done))
 
 
-def plot(done: list[dict]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+def plot(done: list[dict]):
+    """AutoAttack vs clean accuracy, one colour per method, each point labelled with its % kept."""
+    fig, ax = subplots(figsize=(6.5, 4.5))
     for m in [*METHODS, "full", *REWEIGHT]:
         pts = [r for r in done if r["name"] == m or r["name"].startswith(m + "_")]
-        if not pts:
-            continue
-        xs = [100 * r["clean_acc"] for r in pts]
-        ys = [100 * r["robust_acc"].get("autoattack", r["robust_acc"].get("pgd20", 0)) for r in pts]
-        ax.scatter(xs, ys, label=m)
-        for r, x, y in zip(pts, xs, ys):
-            ax.annotate(r["name"].rsplit("_", 1)[1] if r["name"][-1].isdigit() else "", (x, y), fontsize=7)
+        if pts:
+            plot_clean_vs_robust(ax, pts, lambda r: r["name"].rsplit("_", 1)[1] if r["name"][-1].isdigit() else "",
+                                 label=m)
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel("AutoAttack accuracy (%), 200 test points")
     ax.set_title("Selection methods (labels: % of data kept)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "selection_fmnist.png", dpi=120)
+    return fig
 
 
 def main() -> None:
@@ -192,8 +173,8 @@ def main() -> None:
     if not args.report_only:
         path = RESULTS / "selection_fmnist.jsonl"
         done = done_rows(path)
-        again = {n for n, r in done.items() if (args.rerun_stale and stale(r))
-                 or (n in args.rerun and before_review_fixes(r))}
+        again = {n for n, r in done.items() if (args.rerun_stale and legacy_rows.stale_selection(r))
+                 or (n in args.rerun and legacy_rows.before_review_fixes(r))}
         run_table("selection_fmnist", rows(args.fractions), only=args.only, rerun=again)
     report(list(done_rows(RESULTS / "selection_fmnist.jsonl").values()))
 

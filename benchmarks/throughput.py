@@ -3,12 +3,20 @@ run: leanrobust's trainer, a minimal hand-written PyTorch PGD-AT loop (the pract
 the same loop driven by torchattacks' PGD (a peer, installed with `pip install --no-deps
 torchattacks`). Contenders are interleaved over several rounds and the median is reported.
 
+Regime: SmallCNN (--width 1.0), one epoch over the first --images Fashion-MNIST training images, SGD
+lr 0.05 (momentum 0.9, weight decay 5e-4), batch 128, PGD-10 at Linf eps 0.1 (step 2.5 eps / 10, random
+start); --threads 2 torch threads. Rows (one JSON document, results/throughput.json):
+  minimal_loop        the canonical Madry PGD-AT loop, written inline
+  leanrobust          leanrobust's Trainer, one training epoch (constant LR), no augmentation
+  leanrobust_augment  the same with the dataset's augmentation (pad-crop)
+  torchattacks_loop   the minimal loop with torchattacks' PGD as the attack (when installed)
+
     python benchmarks/throughput.py [--images 6400] [--rounds 3] [--width 1.0]
+    python benchmarks/throughput.py --markdown-from benchmarks/results/throughput.json
 """
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -17,19 +25,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common import parse_json_table_args, write_table
 from leanrobust.config import validate_config
-from leanrobust.data import load_dataset
+from leanrobust.data import dataset_info, load_dataset, to_float
 from leanrobust.models import build_model
 from leanrobust.train import Trainer
 
 EPS, STEPS, BATCH, LR = 0.1, 10, 128, 0.05
 ALPHA = 2.5 * EPS / STEPS
-MEAN, STD = (0.2860,), (0.3530,)
 
 
 def make_model(width: float, seed: int = 0):
+    info = dataset_info("fashion_mnist")
     torch.manual_seed(seed)
-    return build_model("smallcnn", 10, 1, MEAN, STD, width=width)
+    return build_model("smallcnn", info.num_classes, info.channels, info.mean, info.std, width=width)
 
 
 def minimal_pgd(model, x, y):
@@ -84,10 +93,12 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "throughput"))
-    args = ap.parse_args()
+    args = parse_json_table_args(ap, markdown)
+    if args is None:
+        return
     torch.set_num_threads(args.threads)
     images, labels = load_dataset("fashion_mnist", "train")
-    x_all = images[: args.images].float().div(255)
+    x_all = to_float(images[: args.images])
     y_all = labels[: args.images]
     try:
         import torchattacks
@@ -120,14 +131,16 @@ def main() -> None:
         "ratio_vs_minimal_loop": {k: v / base for k, v in med.items()},
         "target": "leanrobust >= 0.95x minimal loop",
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps(out, indent=2) + "\n")
-    lines = [f"# {out['benchmark']}", "", f"`{out['command']}` on {out['device']} ({args.threads} threads), "
+    write_table(Path(args.out), markdown(out), data=out)
+
+
+def markdown(out: dict) -> str:
+    """The report, from the JSON document main writes."""
+    med, base = out["images_per_s_median"], out["images_per_s_median"]["minimal_loop"]
+    lines = [f"# {out['benchmark']}", "", f"`{out['command']}` on {out['device']} ({out['threads']} threads), "
              f"torch {out['torch']}, torchattacks {out['torchattacks']}", "",
              "| contender | images/s (median) | ratio vs minimal loop |", "|---|---|---|"]
-    lines += [f"| {k} | {v:.0f} | {v / base:.3f} |" for k, v in med.items()]
-    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines + [f"| {k} | {v:.0f} | {v / base:.3f} |" for k, v in med.items()]) + "\n"
 
 
 if __name__ == "__main__":
