@@ -14,7 +14,7 @@ import torch
 
 from leanrobust.data import (DataError, DataNotFoundError, MixingSampler, Pool, augment_batch, dataset_info,
                              load_dataset, load_npz, split_validation, to_float)
-from leanrobust.data import sources
+from leanrobust.data import npz, sources
 
 FMNIST_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 
@@ -274,10 +274,10 @@ def test_npz_good(tmp_path):
 
 
 def test_npz_memmap_path(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources, "MMAP_BYTES", 0)
+    monkeypatch.setattr(npz, "MMAP_BYTES", 0)
     img = np.random.default_rng(1).integers(0, 256, (7, 4, 4, 3), dtype=np.uint8)
     np.savez(tmp_path / "big.npz", image=img, label=np.arange(7) % 3)
-    arrays = sources._read_npz(tmp_path / "big.npz")
+    arrays = npz._read_npz(tmp_path / "big.npz")
     assert isinstance(arrays["image"], np.memmap)
     x, y = load_npz(tmp_path / "big.npz", 3)
     assert torch.equal(x.permute(0, 2, 3, 1), torch.from_numpy(img)) and y.tolist() == [0, 1, 2, 0, 1, 2, 0]

@@ -8,6 +8,9 @@ from typing import List, Optional
 
 import typer
 
+from .cli_common import KNOWN_ERRORS
+from .cli_common import fail as _fail
+
 
 def _floats(text: str, what: str) -> list[float]:
     try:
@@ -18,8 +21,13 @@ def _floats(text: str, what: str) -> list[float]:
 
 def register(app: typer.Typer) -> None:
     """Add the `synth` command group, `proxy-quality` and `certify` to the leanrobust app."""
-    from .cli_common import KNOWN_ERRORS, fail as _fail
+    register_synth(app)
+    register_proxy_quality(app)
+    register_certify(app)
 
+
+def register_synth(app: typer.Typer) -> None:
+    """The `synth` group: train, sample, gaussian, filter, discriminator (making and filtering proxy data)."""
     synth = typer.Typer(no_args_is_help=True, help="Generated (proxy) training data: train, sample, filter.")
     app.add_typer(synth, name="synth")
 
@@ -31,7 +39,8 @@ def register(app: typer.Typer) -> None:
                                                              help="stop after this many steps in total (resumable)"),
                     ) -> None:
         """Train (or resume) a class-conditional diffusion generator on a real training set."""
-        from .proxy.generator import GeneratorTrainer, load_synth_config
+        from .proxy.ddpm import GeneratorTrainer
+        from .proxy.generator_config import load_synth_config
 
         try:
             cfg = load_synth_config(config, set_ or [])
@@ -60,7 +69,7 @@ def register(app: typer.Typer) -> None:
                      overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace an existing OUT"),
                      ) -> None:
         """Sample a labelled npz (image uint8 NxHxWxC, label int64); a rerun resumes from OUT.parts/."""
-        from .proxy.generator import sample_to_npz
+        from .proxy.sampling import sample_to_npz
 
         try:
             res = sample_to_npz(run, out, n, steps=steps, scheduler=scheduler, per_class=per_class, guidance=guidance,
@@ -81,7 +90,7 @@ def register(app: typer.Typer) -> None:
                        overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite"),
                        ) -> None:
         """Crude per-class Gaussian proxy data (the bottom of the quality ladder)."""
-        from .proxy.generator import gaussian_to_npz
+        from .proxy.gaussian import gaussian_to_npz
 
         try:
             res = gaussian_to_npz(real, out, n, rank=rank, per_class=per_class, seed=seed, overwrite=overwrite)
@@ -132,7 +141,7 @@ def register(app: typer.Typer) -> None:
         from tqdm.auto import tqdm
 
         from .io import save_weights
-        from .proxy.generator import load_images
+        from .data.sources import load_images
         from .proxy.quality import train_discriminator
         from .train import WEIGHTS, resolve_device
 
@@ -159,6 +168,10 @@ def register(app: typer.Typer) -> None:
             _fail(e)
         typer.echo(f"wrote {out / WEIGHTS}")
 
+
+def register_proxy_quality(app: typer.Typer) -> None:
+    """`proxy-quality`: how well a generated set stands in for the real one."""
+
     @app.command("proxy-quality")
     def proxy_quality_cmd(real: str = typer.Argument(..., help="dataset name (e.g. fashion_mnist) or npz"),
                           synth_npz: Path = typer.Argument(..., metavar="SYNTH.npz"),
@@ -182,7 +195,7 @@ def register(app: typer.Typer) -> None:
 
         from . import load
         from .io import write_json
-        from .proxy.generator import load_images
+        from .data.sources import load_images
         from .proxy.quality import proxy_quality
         from .train import resolve_device
 
@@ -214,33 +227,38 @@ def register(app: typer.Typer) -> None:
                        f"(m={w['m']}, R={w['repeats']}" + (f", real-vs-real floor {floor['mean']:.4f})" if floor else ")"))
         typer.echo(f"frechet_features       {res['frechet_features']:.4f}  ({res['feature_space']})")
 
-    def _certify_sigma(run_dir: Path, sigma: Optional[float]) -> float:
-        """--sigma, else the noise the run trained with; a warning when the model was not trained with Gaussian noise
-        (a smoothed classifier built on a model that never saw noise certifies little)."""
-        from .config import load_config
-        from .objectives.noise import gaussian_noise
-        from .train import CONFIG
 
-        cfg_path = run_dir / CONFIG
-        obj = load_config(cfg_path, lenient=True).objective if cfg_path.is_file() else None
-        trained = None
-        if obj is not None and obj.name == "gaussian_noise":
-            import inspect
+def _certify_sigma(run_dir: Path, sigma: Optional[float]) -> float:
+    """--sigma, else the noise the run trained with; a warning when the model was not trained with Gaussian noise
+    (a smoothed classifier built on a model that never saw noise certifies little)."""
+    from .config import load_config
+    from .objectives.noise import gaussian_noise
+    from .train import CONFIG
 
-            trained = float(obj.params.get("sigma", inspect.signature(gaussian_noise).parameters["sigma"].default))
-        if sigma is None:
-            if trained is None:
-                raise ValueError(f"{run_dir} was not trained with objective gaussian_noise, so it has no sigma to "
-                                 "certify at: pass --sigma")
-            sigma = trained
+    cfg_path = run_dir / CONFIG
+    obj = load_config(cfg_path, lenient=True).objective if cfg_path.is_file() else None
+    trained = None
+    if obj is not None and obj.name == "gaussian_noise":
+        import inspect
+
+        trained = float(obj.params.get("sigma", inspect.signature(gaussian_noise).parameters["sigma"].default))
+    if sigma is None:
         if trained is None:
-            typer.secho(f"warning: {run_dir} was not trained with Gaussian noise (objective "
-                        f"{obj.name if obj else 'unknown'}); its smoothed classifier will certify little. Train with "
-                        "objective.name=gaussian_noise for certified robustness", fg=typer.colors.YELLOW, err=True)
-        elif sigma != trained:
-            typer.secho(f"warning: certifying at sigma {sigma:g}, but {run_dir} trained with sigma {trained:g}",
-                        fg=typer.colors.YELLOW, err=True)
-        return sigma
+            raise ValueError(f"{run_dir} was not trained with objective gaussian_noise, so it has no sigma to "
+                             "certify at: pass --sigma")
+        sigma = trained
+    if trained is None:
+        typer.secho(f"warning: {run_dir} was not trained with Gaussian noise (objective "
+                    f"{obj.name if obj else 'unknown'}); its smoothed classifier will certify little. Train with "
+                    "objective.name=gaussian_noise for certified robustness", fg=typer.colors.YELLOW, err=True)
+    elif sigma != trained:
+        typer.secho(f"warning: certifying at sigma {sigma:g}, but {run_dir} trained with sigma {trained:g}",
+                    fg=typer.colors.YELLOW, err=True)
+    return sigma
+
+
+def register_certify(app: typer.Typer) -> None:
+    """`certify`: randomized-smoothing certification of a run trained with Gaussian noise."""
 
     @app.command("certify")
     def certify_cmd(run_dir: Path = typer.Argument(..., help="run directory"),

@@ -1,20 +1,25 @@
-"""Safe persistence: weights in safetensors, checkpoints loaded with weights_only,
-every file written atomically (temp file + rename) so an interruption loses nothing."""
+"""Safe persistence: weights in safetensors, checkpoints loaded with weights_only, resumable sharded npz
+writing, every file written atomically (temp file + rename) so an interruption loses nothing."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
 
 _UMASK = os.umask(0)
@@ -266,3 +271,90 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: not a leanrobust checkpoint (holds a {type(state).__name__}, expected a dict)")
     return state
+
+
+# ----------------------------------------------------------------------------- sharded npz files
+def _write_npz(path: Path, **arrays) -> None:
+    """np.savez (uncompressed), atomically."""
+    def write(tmp: Path):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def _merge_shards(parts: list[Path], out: Path) -> int:
+    """Stream shards into one uncompressed npz (image uint8 NxHxWxC, label int64) without holding all
+    images in memory; written to a temp file and renamed."""
+    shapes, labels = [], []
+    for p in parts:
+        with np.load(p, allow_pickle=False) as z:
+            shapes.append(z["image"].shape)
+            labels.append(z["label"].astype(np.int64))
+    n = sum(s[0] for s in shapes)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+              "shape": (n, *shapes[0][1:])}
+
+    def write(tmp: Path):
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("image.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(f, header)
+                for p in parts:
+                    with np.load(p, allow_pickle=False) as z:
+                        f.write(np.ascontiguousarray(z["image"]).tobytes())
+            with zf.open("label.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.concatenate(labels))
+
+    atomic_write(out, write)
+    return n
+
+
+def _shard_ok(path: Path, size: int) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["image"].shape[0] == size and z["label"].shape == (size,)
+    except Exception:  # a foreign or damaged file: regenerate it
+        return False
+
+
+def write_shards(out: str | Path, plan: dict, make_batch, n: int, batch_size: int, *, progress: bool = True,
+                 stop_after: int | None = None, overwrite: bool = False) -> dict:
+    """Shared sharded writer: batch i (images [i*B, (i+1)*B)) is make_batch(i, size) -> (uint8 NCHW,
+    int64 labels), saved atomically as OUT.parts/part_iiiii.npz; existing valid shards are reused, so an
+    interrupted run loses nothing written. `plan` (JSON) must match the one stored with the shards.
+    At the end the shards are merged into OUT and removed. stop_after: stop after that many new batches."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ValueError(f"{out} already exists; pass overwrite (--overwrite) to replace it")
+    parts_dir = out.with_name(out.name + ".parts")
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    plan = json.loads(json.dumps({**plan, "n": n, "batch_size": batch_size}))
+    plan_file = parts_dir / "plan.json"
+    if plan_file.exists():
+        old = json.loads(plan_file.read_text())
+        if old != plan:
+            diff = {k: (old.get(k), plan.get(k)) for k in set(old) | set(plan) if old.get(k) != plan.get(k)}
+            raise ValueError(f"{parts_dir} holds shards made with other options {diff} (old, new); rerun with "
+                             f"the same options or delete {parts_dir}")
+    else:
+        write_text(plan_file, json.dumps(plan, indent=2) + "\n")
+    nb = math.ceil(n / batch_size)
+    parts = [parts_dir / f"part_{i:05d}.npz" for i in range(nb)]
+    sizes = [min(batch_size, n - i * batch_size) for i in range(nb)]
+    todo = [i for i in range(nb) if not _shard_ok(parts[i], sizes[i])]
+    made = 0
+    bar = tqdm(total=n, initial=n - sum(sizes[i] for i in todo), desc=f"sampling {out.name}", unit="img",
+               disable=not progress, dynamic_ncols=True)
+    for i in todo:
+        if stop_after is not None and made >= stop_after:
+            bar.close()
+            return {"out": None, "parts": str(parts_dir), "new_batches": made, "reused_batches": nb - len(todo),
+                    "complete": False}
+        images, labels = make_batch(i, sizes[i])
+        _write_npz(parts[i], image=images.permute(0, 2, 3, 1).numpy(), label=labels.numpy().astype(np.int64))
+        made += 1
+        bar.update(sizes[i])
+    bar.close()
+    total = _merge_shards(parts, out)
+    shutil.rmtree(parts_dir)
+    return {"out": str(out), "n": total, "new_batches": made, "reused_batches": nb - len(todo), "complete": True}

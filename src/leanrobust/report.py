@@ -97,7 +97,7 @@ def find_runs(paths: list[str | Path]) -> tuple[list[Path], dict[str, str]]:
 def generator_run(d: Path) -> Optional[str]:
     """For a `leanrobust synth train` directory (a generator, not a classifier): why it is not in the report
     and the command that continues or uses it; None for any other directory."""
-    from .proxy.generator import CKPT_DIR, LATEST
+    from .proxy.ddpm import CKPT_DIR, LATEST
 
     cfg: dict = {}
     if (d / CONFIG).is_file():

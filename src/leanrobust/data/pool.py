@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from .shards import ShardImages
-from .sources import dataset_info, load_dataset, load_npz, validate_arrays
+from .npz import load_npz
+from .sources import dataset_info, load_dataset
+from .validate import validate_arrays
 
 REAL, GENERATED = 0, 1
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .sources import DataError, DataNotFoundError, MMAP_BYTES, load_npz, seek_zip_member, validate_labels
+from .npz import MMAP_BYTES, load_npz, seek_zip_member
+from .validate import DataError, DataNotFoundError, validate_labels
 
 class _Shard:
     """One image array in a file: path, payload offset, shape (N, H, W, C)."""

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .mfc import _check_metric, _check_nonneg, farthest_point, to_unit_flat
-from .random_subset import _labels_numpy, class_budgets
+from .distances import check_metric, farthest_point, to_unit_flat
+from .random_subset import _labels_numpy, check_nonneg, class_budgets
 from .selection import Selection
 
 
@@ -19,8 +19,8 @@ def kcenter_selection(images, labels, *, ipc: int | None = None, fraction: float
     row chunks of ``chunk``). Images uint8 or float in [0,1], flattened; ``metric`` l2|l1|linf.
     Budget: exactly one of ``ipc`` or ``fraction`` (see ``class_budgets``). Indices sorted.
     progress: a tqdm bar over the centres on stderr."""
-    metric = _check_metric(metric)
-    eps = _check_nonneg("eps", eps)
+    metric = check_metric(metric)
+    eps = check_nonneg("eps", eps)
     y = _labels_numpy(labels)
     budgets = class_budgets(y, ipc=ipc, fraction=fraction)
     x = to_unit_flat(images, device)

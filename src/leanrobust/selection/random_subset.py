@@ -1,5 +1,5 @@
 """Class-balanced random subset: the baseline every selection method must beat, plus the
-per-class budget rule (ipc or fraction) shared by the random, k-centre and MFC selectors."""
+per-class budget rule (ipc or fraction) and the argument checks shared by the random, k-centre and MFC selectors."""
 from __future__ import annotations
 
 import math
@@ -18,6 +18,17 @@ def _labels_numpy(labels) -> np.ndarray:
     if not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"labels must be integers, got dtype {y.dtype}")
     return y.astype(np.int64)
+
+
+def check_nonneg(name: str, v) -> float:
+    """`v` as a float, or a ValueError naming `name` unless it is a finite number >= 0."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {v!r}") from None
+    if not math.isfinite(f) or f < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {v!r}")
+    return f
 
 
 def class_budgets(labels, *, ipc: int | None = None, fraction: float | None = None) -> dict[int, int]:
