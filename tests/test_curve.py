@@ -114,3 +114,24 @@ def test_resume_drops_the_mid_epoch_points_of_the_epoch_it_retrains(tmp_path, mo
     assert [r["epoch"] for r in rows if r.get("point") != "mid"] == [1, 2]
     assert len([r for r in rows if r.get("point") == "mid"]) == 4
     assert [r["grad_evals"] for r in rows] == sorted(r["grad_evals"] for r in rows)
+
+
+@needs_fmnist
+def test_every_epochs_validates_on_its_epochs_and_the_last_and_picks_the_best_among_them(tmp_path):
+    """Runs of many short epochs validate every k epochs (and after the last); the epochs between carry their
+    compute only, are never the best checkpoint, and the weights equal those of a run validating every epoch."""
+    over = {"eval.attacks": [], "optim.epochs": 5, "data.train_subset": 64}
+    sparse = tiny_config(**over, **{"validation.every_epochs": 2})
+    summary = Trainer(sparse, tmp_path / "sparse").fit()
+    rows = _rows(tmp_path / "sparse")
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [("val_robust" in r) for r in rows] == [False, True, False, True, True]
+    assert all("grad_evals" in r and "train_seconds" in r for r in rows)
+    assert rows[-1]["val_grad_evals"] == 3 * 64 * 2  # three validations of 64 points with PGD-2
+    assert summary["best_epoch"] in (2, 4, 5)
+    Trainer(tiny_config(**over, **{"validation.select": "last"}), tmp_path / "dense").fit()
+    last = tiny_config(**over, **{"validation.every_epochs": 2, "validation.select": "last"})
+    Trainer(last, tmp_path / "sparse_last").fit()
+    w0 = load_weights(tmp_path / "dense" / "model.safetensors")
+    w1 = load_weights(tmp_path / "sparse_last" / "model.safetensors")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)

@@ -1,6 +1,7 @@
 """`leanrobust compress`: Minimal Finite Covering and its baselines (DM, random, k-centre) on the
 training pool that a config describes. mfc/random/kcenter write a Selection (train with
-data.selection=FILE); dm writes a new pool npz (train with data.pool=FILE)."""
+data.selection=FILE); dm writes a new pool npz (train with data.pool=FILE). Both record the fingerprint of the
+pool they were made from (data/fingerprint.py), which `train` checks."""
 from __future__ import annotations
 
 import time
@@ -27,6 +28,7 @@ def compress(config: Optional[Path], method: str, *, ipc: Optional[int] = None, 
     (selection/mfc.py). progress: tqdm bars on stderr (default: the config's `progress`)."""
     from .config import load_config
     from .data.build import build_training_data
+    from .data.fingerprint import SOURCE_KEY, fingerprint_array, run_fingerprint, train_hint
     from .io import write_json
     from .selection.dm import dm_condense
     from .selection.kcenter import kcenter_selection
@@ -48,6 +50,7 @@ def compress(config: Optional[Path], method: str, *, ipc: Optional[int] = None, 
     metric = metric or "l2"
     progress = cfg.progress if progress is None else progress
     data = build_training_data(cfg.data, cfg.seed)
+    fingerprint = run_fingerprint(cfg, data.pool)  # the indices written are indices of this pool
     real = data.pool.subset(~data.pool.is_generated)
     images, labels = real.images, real.labels
     t0 = time.perf_counter()
@@ -75,13 +78,19 @@ def compress(config: Optional[Path], method: str, *, ipc: Optional[int] = None, 
                                           device=device, progress=progress)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp.npz")
-        np.savez(tmp, image=imgs.permute(0, 2, 3, 1).numpy(), label=labs.numpy())
+        np.savez(tmp, image=imgs.permute(0, 2, 3, 1).numpy(), label=labs.numpy(),
+                 **{SOURCE_KEY: fingerprint_array(fingerprint)})  # checked by a run that trains on this pool
         tmp.replace(out)
         report.update(k=len(labs), iterations=iterations, loss_first=history[0] if history else None,
-                      loss_last=history[-1] if history else None, output="pool", use=f"data.pool={out}")
+                      loss_last=history[-1] if history else None, output="pool", use=f"data.pool={out}",
+                      train=train_hint(config, out, overrides=overrides, fingerprint=fingerprint, kind="pool"))
     if method != "dm":
-        sel.save(out)
-        report.update(k=len(sel), output="selection", use=f"data.selection={out}")
+        sel.save(out, fingerprint=fingerprint)
+        weighted = bool((sel.weight != sel.weight[0]).any())  # a covering: centres drawn by the points they cover
+        report.update(k=len(sel), output="selection", use=f"data.selection={out}",
+                      train=train_hint(config, out, overrides=overrides, fingerprint=fingerprint,
+                                       sample_weighting=weighted))
+    report["pool_fingerprint"] = fingerprint
     report["seconds"] = time.perf_counter() - t0
     write_json(out.with_suffix(".json"), report)
     return report
@@ -118,5 +127,6 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"mfc: {rep['diagnosis']}")
             if rep["vacuous"] and rep["generalized_loss"]:  # (--plain-eps does not attack at eps + eta)
                 typer.secho("warning: vacuous covering written because of --force", fg=typer.colors.YELLOW, err=True)
-        typer.echo(f"{method}: kept {rep['k']} of {rep['n_pool']} in {rep['seconds']:.1f}s -> {out} "
-                   f"(train with --set {rep['use']}); report {out.with_suffix('.json')}")
+        typer.echo(f"{method}: kept {rep['k']} of {rep['n_pool']} in {rep['seconds']:.1f}s -> {out}; "
+                   f"report {out.with_suffix('.json')}")
+        typer.echo(f"train with: {rep['train']}")

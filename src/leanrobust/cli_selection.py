@@ -1,5 +1,6 @@
 """The `leanrobust score` and `leanrobust select` commands: per-sample scores of a config's training
-pool written to an npz, and a Selection (pruning or PUMA) made from such a file."""
+pool written to an npz, and a Selection (pruning or PUMA) made from such a file. Both files carry the pool's
+fingerprint (data/fingerprint.py), so `train` refuses a Selection made on another pool."""
 from __future__ import annotations
 
 import json
@@ -29,20 +30,28 @@ def _parse_params(items: Optional[List[str]]) -> dict:
     return out
 
 
-def write_scores(path: Path, scores, labels, indices, is_generated, meta: dict) -> None:
+def write_scores(path: Path, scores, labels, indices, is_generated, meta: dict,
+                 fingerprint: Optional[dict] = None) -> None:
     """npz without pickles: scores float32, labels int64, indices int64 (pool indices),
-    is_generated bool, meta (a JSON string: method, eps, norm, ...), method (string)."""
+    is_generated bool, meta (a JSON string: method, eps, norm, ...), method (string), and the scored pool's
+    fingerprint (a JSON string under pool_fingerprint) when given."""
+    from .data.fingerprint import KEY, fingerprint_array
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
+    extra = {KEY: fingerprint_array(fingerprint)} if fingerprint is not None else {}
     np.savez(tmp, scores=np.asarray(scores, np.float32), labels=np.asarray(labels, np.int64),
              indices=np.asarray(indices, np.int64), is_generated=np.asarray(is_generated, bool),
-             meta=np.array(json.dumps(meta)), method=np.array(str(meta.get("method", ""))))
+             meta=np.array(json.dumps(meta)), method=np.array(str(meta.get("method", ""))), **extra)
     tmp.replace(path)
 
 
 def read_scores(path: Path) -> tuple[dict, dict]:
-    """(arrays, meta) of a scores npz; ValueError naming the file and the problem."""
+    """(arrays, meta) of a scores npz, meta["pool_fingerprint"] the scored pool's fingerprint (None when the file
+    has none); ValueError naming the file and the problem."""
+    from .data.fingerprint import KEY, read_fingerprint
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such scores file")
@@ -51,8 +60,11 @@ def read_scores(path: Path) -> tuple[dict, dict]:
             missing = [k for k in SCORE_KEYS if k not in z.files]
             if missing:
                 raise ValueError(f"{path}: not a scores file, missing keys {missing}")
-            arrays = {k: z[k] for k in z.files if k not in ("meta", "method")}
+            arrays = {k: z[k] for k in z.files if k not in ("meta", "method", KEY)}
             meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+            if not isinstance(meta, dict):
+                raise ValueError(f"{path}: meta must be a JSON object")
+            meta[KEY] = read_fingerprint(z, path)
     except (OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read scores npz ({e})") from e
     n = arrays["scores"].shape[0]
@@ -102,6 +114,7 @@ def register(app: typer.Typer) -> None:
         from . import load
         from .config import load_config
         from .data.build import build_training_data
+        from .data.fingerprint import run_fingerprint
         from .selection.scores import SCORERS, compute_scores
         from .train import resolve_device
 
@@ -129,14 +142,15 @@ def register(app: typer.Typer) -> None:
             else:
                 pool = build_training_data(cfg.data, cfg.seed).pool
                 model_desc = None
+            fingerprint = run_fingerprint(cfg, pool)
             o = cfg.objective
             scores = compute_scores(net, pool.images, pool.labels, method, eps=o.eps, norm=o.norm, steps=o.steps,
                                     batch_size=batch_size, device=dev, seed=cfg.seed, progress=cfg.progress, **params)
             meta = {"method": method, "eps": o.eps, "norm": o.norm, "steps": o.steps, "params": params,
-                    "model": model_desc, "config": str(config), "seed": cfg.seed, "n": len(pool),
-                    "high": SCORERS[method].high}
+                    "model": model_desc, "config": str(config), "overrides": list(set_ or []), "seed": cfg.seed,
+                    "n": len(pool), "high": SCORERS[method].high}
             write_scores(out, scores, pool.labels.cpu().numpy(), np.arange(len(pool)),
-                         pool.is_generated.cpu().numpy(), meta)
+                         pool.is_generated.cpu().numpy(), meta, fingerprint=fingerprint)
         except KNOWN_ERRORS as e:
             _fail(e)
         typer.echo(f"wrote {out}: {len(scores)} {method} scores (mean {float(np.mean(scores)):.4g}, "
@@ -158,6 +172,7 @@ def register(app: typer.Typer) -> None:
                eps: Optional[float] = typer.Option(None, "--eps", help="training eps (default: the scores' eps)"),
                ) -> None:
         """Make a Selection (indices, weight, eps) from a scores file."""
+        from .data.fingerprint import train_hint
         from .selection.dynamic import DEFAULT_PRUNE, resolve_prune
         from .selection.pruning import select_by_score
         from .selection.puma import puma_selection
@@ -201,10 +216,18 @@ def register(app: typer.Typer) -> None:
             import torch
 
             order = np.argsort(pool_idx, kind="stable")
-            final = Selection(torch.from_numpy(pool_idx[order]), sel.weight[order], sel.eps[order])
+            fp = meta.get("pool_fingerprint")  # the scored pool: the Selection's indices are its indices
+            final = Selection(torch.from_numpy(pool_idx[order]), sel.weight[order], sel.eps[order],
+                              pool_fingerprint=fp)
             final.save(out)
         except KNOWN_ERRORS as e:
             _fail(e)
         lowered = int((final.eps < float(base_eps)).sum())
         typer.echo(f"wrote {out}: {len(final)} of {len(s)} samples"
                    + (f", {lowered} with eps < {base_eps:g}" if puma else ""))
+        weighted = bool((final.weight != final.weight[0]).any())
+        typer.echo("train with: " + train_hint(meta.get("config"), out, overrides=meta.get("overrides") or [],
+                                               fingerprint=fp, sample_weighting=weighted))
+        if fp is None:
+            typer.secho(f"warning: {scores_path} records no pool fingerprint, so neither does {out}: train cannot "
+                        "check that it is used on the pool it was scored on", fg=typer.colors.YELLOW, err=True)

@@ -230,6 +230,9 @@ class ValidationConfig(_Strict):
     every_grad_evals: Optional[int] = Field(
         None, ge=1, description="also add a curve point each time the training grad evals cross a multiple of this "
                                 "(mid-epoch points are logged, never chosen as the best checkpoint)")
+    every_epochs: int = Field(
+        1, ge=1, description="epoch-end curve points every this many epochs and after the last (runs of many short "
+                             "epochs, e.g. a few hundred kept images); the best checkpoint is chosen among them")
 
 
 class EvalConfig(_Strict):
@@ -260,6 +263,12 @@ class EvalConfig(_Strict):
         return v
 
 
+class LoggingConfig(_Strict):
+    """Where the per-epoch metrics go besides metrics.jsonl and metrics.csv (always written)."""
+    tensorboard: bool = Field(False, description="also write them as TensorBoard scalars to RUN/tensorboard/ "
+                                                 "(needs `pip install leanrobust[tensorboard]`)")
+
+
 class RunConfig(_Strict):
     name: str = "run"
     seed: int = Field(0, ge=0, lt=2**32, description="0 .. 2^32-1 (numpy's seed range)")
@@ -276,6 +285,7 @@ class RunConfig(_Strict):
     selection: SelectionConfig = Field(default_factory=SelectionConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
     def _objective_params_known(self) -> "RunConfig":

@@ -25,11 +25,13 @@ from .attacks.common import eval_mode
 from .config import RunConfig, dump_config, load_config
 from .data.augment import augment_batch, to_float
 from .data.build import TrainingData, build_training_data, load_test_set
+from .data.fingerprint import check_fingerprint, run_fingerprint
 from .data.sampler import MixingSampler
 from .ema import EMA
 from .evaluate import evaluate_model
 from .io import (RunLock, clean_orphans, load_checkpoint, save_checkpoint, save_weights, truncate_jsonl, write_json,
                  write_text)
+from .metrics_log import METRICS, METRICS_CSV, MetricsLog, require_tensorboard
 from .models import build_model
 from .objectives import call_objective
 from .schedule import lr_factor
@@ -40,9 +42,8 @@ WEIGHTS = "model.safetensors"
 BEST = "best.safetensors"
 BEST_NEXT = "best.next.safetensors"
 SUMMARY = "summary.json"
-METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"
-RUN_FILES = (CHECKPOINT, WEIGHTS, BEST, BEST_NEXT, SUMMARY, METRICS, CONFIG)  # written by the trainer alone
+RUN_FILES = (CHECKPOINT, WEIGHTS, BEST, BEST_NEXT, SUMMARY, METRICS, METRICS_CSV, CONFIG)  # the trainer's alone
 
 
 class NonFiniteLossError(RuntimeError):
@@ -107,6 +108,9 @@ class Trainer:
 
             on_epoch_start = make_selection_hook(cfg)
         self.on_epoch_start = on_epoch_start  # (trainer, epoch) -> Selection | None: static or dynamic selection
+        if cfg.logging.tensorboard:
+            require_tensorboard()  # a missing package fails now, not after the first epoch
+        self.metrics = MetricsLog(self.dir, tensorboard=cfg.logging.tensorboard)
         self.device = resolve_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -115,6 +119,8 @@ class Trainer:
         self.cuda = self.device.type == "cuda"
         seed_everything(cfg.seed)
         self.data: TrainingData = build_training_data(cfg.data, cfg.seed)
+        # the pool's identity: a Selection (or a compressed data.pool) made on another pool is refused
+        self.pool_fingerprint = run_fingerprint(cfg, self.data.pool) if cfg.data.selection or cfg.data.pool else None
         info = self.data.info
         self.spec = model_spec(cfg, info)
         self.model = build_from_spec(self.spec).to(self.device)
@@ -131,7 +137,11 @@ class Trainer:
         self.flip = cfg.data.flip if cfg.data.flip is not None else info.flip
         if not cfg.data.augment:
             self.crop_pad, self.flip = 0, False
-        sel = Selection.load(cfg.data.selection) if cfg.data.selection else Selection.full(len(self.pool), cfg.objective.eps)
+        if cfg.data.selection:
+            sel = Selection.load(cfg.data.selection)
+            check_fingerprint(self.pool_fingerprint, sel.pool_fingerprint, f"data.selection {cfg.data.selection}")
+        else:
+            sel = Selection.full(len(self.pool), cfg.objective.eps)
         self.set_selection(sel)
         self.train_model = distributed.wrap(self.model, self.device)  # DDP under torchrun: averages gradients
         o = cfg.optim
@@ -312,15 +322,18 @@ class Trainer:
         dt = time.perf_counter() - t0
         self.val_seconds += dt
         self._epoch_val_seconds += dt
-        train_s = self.train_seconds + max(partial_seconds, 0.0)
-        return {**val, "grad_evals": self.counter.grad_evals, "forward_evals": self.counter.forward_evals,
-                "grad_evals_version": self.counter.version, "train_seconds": train_s,
+        return {**val, **self.cost_point(partial_seconds)}
+
+    def cost_point(self, partial_seconds: float = 0.0) -> dict:
+        """The cumulative compute alone (an epoch between two validation.every_epochs points)."""
+        return {"grad_evals": self.counter.grad_evals, "forward_evals": self.counter.forward_evals,
+                "grad_evals_version": self.counter.version, "train_seconds": self.train_seconds + max(partial_seconds, 0.0),
                 "val_grad_evals": self.val_counter.grad_evals, "val_forward_evals": self.val_counter.forward_evals,
                 "val_seconds": self.val_seconds}
 
     def log_metrics(self, row: dict) -> None:
-        with open(self.dir / METRICS, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        """metrics.jsonl, metrics.csv and TensorBoard (logging.tensorboard) get the row (rank 0)."""
+        self.metrics.append(row)
 
     def checkpoint_state(self) -> dict:
         return {"version": __version__, "epoch": self.epoch, "iteration": self.iteration,
@@ -385,6 +398,7 @@ class Trainer:
         try:
             return self._fit(stop_after_epoch)
         finally:
+            self.metrics.close()
             lock.release()
 
     def check_evaluation_inputs(self, stop_after_epoch: Optional[int] = None) -> None:
@@ -411,9 +425,10 @@ class Trainer:
         state = distributed.on_main(lambda: load_checkpoint(ckpt) if ckpt.exists() else None)  # rank 0's file
         if state is not None:
             self.restore(state)
-        elif self.rank == 0 and (self.dir / METRICS).exists():
-            (self.dir / METRICS).unlink()
+        elif self.rank == 0:
+            self.metrics.reset()
         if self.rank == 0:
+            self.metrics.open(self.epoch)  # the CSV rebuilt from the jsonl; TensorBoard from this epoch on
             write_text(self.dir / CONFIG, dump_config(cfg))
         while self.epoch < cfg.optim.epochs:
             if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
@@ -441,13 +456,14 @@ class Trainer:
     def end_epoch(self, stats: EpochStats) -> None:
         """Rank 0: validation, the metrics row, staged best weights, the checkpoint."""
         cfg, ckpt = self.cfg, self.dir / CHECKPOINT
-        point = self.curve_point()
+        due = self.epoch % cfg.validation.every_epochs == 0 or self.epoch >= cfg.optim.epochs
+        point = self.curve_point() if due else self.cost_point()
         val = {k: point[k] for k in ("val_clean", "val_robust") if k in point}
         row = {"epoch": self.epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": stats.loss,
                "train_acc": stats.adv_acc, "images_per_s": stats.samples / max(stats.seconds, 1e-9),
                "epoch_seconds": stats.seconds, "samples_seen": self.samples_seen, **point}
         metric = {"robust": val.get("val_robust"), "clean": val.get("val_clean")}.get(cfg.validation.select)
-        if cfg.validation.select == "last" or metric is None or metric > self.best_metric:
+        if cfg.validation.select == "last" or (due and (metric is None or metric > self.best_metric)):
             self.best_metric = -1.0 if metric is None else metric
             self.best_epoch = self.epoch
             # staged: promoted to BEST only once the checkpoint naming this epoch is on disk

@@ -2,7 +2,8 @@
 how much each counts, and how hard each is attacked (DESIGN.md)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 import zipfile
 import zlib
 from pathlib import Path
@@ -13,11 +14,13 @@ import torch
 
 @dataclass
 class Selection:
-    """indices into the pool (int64), and per-selected-sample weight and eps (float32)."""
+    """indices into the pool (int64), and per-selected-sample weight and eps (float32); pool_fingerprint: the pool
+    the indices refer to (data/fingerprint.py), None when unknown (made in memory, or a file without one)."""
 
     indices: torch.Tensor
     weight: torch.Tensor
     eps: torch.Tensor
+    pool_fingerprint: Optional[dict] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.indices = torch.as_tensor(self.indices, dtype=torch.long).reshape(-1)
@@ -50,8 +53,14 @@ class Selection:
             raise ValueError(f"{source}: indices must lie in [0, {pool_size}); got "
                              f"[{int(self.indices.min())}, {int(self.indices.max())}]")
 
-    def save(self, path: str | Path, **extra: np.ndarray) -> None:
-        """Write as .npz (no pickles): keys indices, weight, eps, plus any extra arrays."""
+    def save(self, path: str | Path, fingerprint: Optional[dict] = None, **extra: np.ndarray) -> None:
+        """Write as .npz (no pickles): keys indices, weight, eps, the pool fingerprint (`fingerprint`, else the
+        selection's own; a JSON string under `pool_fingerprint`) when known, plus any extra arrays."""
+        from ..data.fingerprint import KEY, fingerprint_array
+
+        fp = fingerprint if fingerprint is not None else self.pool_fingerprint
+        if fp is not None:
+            extra[KEY] = fingerprint_array(fp)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npz")
@@ -63,7 +72,10 @@ class Selection:
     def load(cls, path: str | Path) -> "Selection":
         """Read a Selection npz (no pickles). Refused, naming the file: anything but one 1-D integer index
         array with one finite, non-negative weight and eps each (or one for all), an empty selection, and
-        weights that are all zero (nothing would train)."""
+        weights that are all zero (nothing would train). The pool fingerprint, when the file has one, becomes
+        `pool_fingerprint` (checked against the pool by whoever uses the indices: the Trainer)."""
+        from ..data.fingerprint import read_fingerprint
+
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{path}: selection file does not exist")
@@ -79,6 +91,7 @@ class Selection:
                     if missing:
                         raise ValueError(f"{path}: not a Selection file, missing keys {sorted(missing)}")
                     arrays = {k: z[k] for k in ("indices", "weight", "eps")}
+                    fp = read_fingerprint(z, path)
         except ValueError as e:
             if str(e).startswith(str(path)):
                 raise
@@ -106,4 +119,5 @@ class Selection:
             raise ValueError(f"{path}: {e}") from None
         if not bool((sel.weight > 0).any()):
             raise ValueError(f"{path}: every weight is 0, so nothing would train")
+        sel.pool_fingerprint = fp
         return sel
