@@ -1,0 +1,91 @@
+"""The time-to-robustness protocol (benchmarks/time_to_robustness.py) and its verdict logic: every row is
+named once, compression rows train equal SGD steps under their own threat model and stay out of the
+full-data speed-ups, and the MFC verdict follows its confidence interval."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import time_to_robustness as ttr  # noqa: E402
+import time_to_robustness_report as report  # noqa: E402
+
+
+def _override(r: dict, key: str) -> str:
+    return [o.split("=", 1)[1] for o in r["overrides"] if o.startswith(key + "=")][-1]
+
+
+def test_rows_have_unique_names_and_seeds_share_a_group():
+    rows = ttr.rows(ttr.CPU)
+    names = [r["name"] for r in rows]
+    assert len(names) == len(set(names))
+    for r in rows:
+        assert r["name"] == f"{r['group']}_s{r['seed']}"
+        assert _override(r, "seed") == str(r["seed"])
+    assert {r["stage"] for r in rows} == set(ttr.STAGES)
+
+
+def test_compression_rows_train_under_their_threat_model():
+    rows = [r for r in ttr.rows(ttr.CPU) if r["stage"] == "compression"]
+    for r in rows:
+        method, ipc, norm = r["prepare"]
+        assert _override(r, "objective.norm") == norm
+        assert float(_override(r, "objective.eps")) == ttr.COMPRESS_THREATS[norm]
+        assert ("data.weighting=sample" in r["overrides"]) == method.startswith("mfc")
+        assert r["seed"] in ttr.COMPRESS_SEEDS[ipc]
+    groups = {r["group"]: r["prepare"] for r in rows}
+    assert "mfc_gen_linf_ipc10" not in groups  # the generalized loss is made in the bound's metric only
+    assert not [g for g, (m, ipc, _) in groups.items() if m == "dm" and ipc not in ttr.DM_ITERATIONS]
+    # the MFC verdict's rows have 3 seeds
+    for m in ("mfc_gen", "mfc_plain", "dm", "random"):
+        assert sum(r["group"] == f"{m}_l2_ipc10" for r in rows) == 3
+
+
+@pytest.mark.parametrize("k", [1, 63, 64, 65, 100, 500, 5000])
+def test_compression_epochs_give_at_least_the_step_budget(k):
+    batches = math.ceil(k / 64)
+    e = ttr.compression_epochs(k, 1600)
+    assert e * batches >= 1600 and (e - 1) * batches < 1600
+
+
+def test_diff_ci_closed_form():
+    d, h = report.diff_ci([0.5], [0.4], n=10000)
+    assert d == pytest.approx(10.0)
+    assert h == pytest.approx(196 * math.sqrt(0.25 / 1e4 + 0.24 / 1e4))
+    # seeds add their standard error: values 0.5, 0.6 (mean 0.55, sample var 0.005, SE^2 0.0025)
+    d, h = report.diff_ci([0.5, 0.6], [0.55, 0.55], n=10000)
+    assert d == pytest.approx(0.0, abs=1e-9)
+    assert h == pytest.approx(196 * math.sqrt(0.0025 + 2 * 0.55 * 0.45 / 1e4))
+
+
+def _rows(group: str, accs: list[float], **info) -> list[dict]:
+    return [{"name": f"{group}_s{i}", "group": group, "seed": i, "stage": "compression", "robust_acc": {"pgd20": a},
+             "clean_acc": a + 0.1, "eval": {"n": 10000}, "info": {"eps": 1.5, **info}} for i, a in enumerate(accs)]
+
+
+def test_mfc_verdict_follows_the_interval():
+    base = {"dm_l2_ipc10": _rows("dm_l2_ipc10", [0.50, 0.51, 0.49]),
+            "random_l2_ipc10": _rows("random_l2_ipc10", [0.48, 0.49, 0.50]),
+            "mfc_plain_l2_ipc10": _rows("mfc_plain_l2_ipc10", [0.5, 0.5, 0.5])}
+    assert report._mfc_measure(base)[1] == "undecided"  # mfc_gen missing
+    worse = {**base, "mfc_gen_l2_ipc10": _rows("mfc_gen_l2_ipc10", [0.10, 0.11, 0.09], vacuous=True)}
+    meas, verdict, _ = report._mfc_measure(worse)
+    assert verdict == "not reproduced" and "vacuous" in meas
+    same = {**base, "mfc_gen_l2_ipc10": _rows("mfc_gen_l2_ipc10", [0.50, 0.49, 0.50])}
+    assert report._mfc_measure(same)[1] == "undecided"
+    better = {**base, "mfc_gen_l2_ipc10": _rows("mfc_gen_l2_ipc10", [0.60, 0.61, 0.60])}
+    meas, verdict, why = report._mfc_measure(better)
+    assert verdict == "undecided" and "AutoAttack" in why
+
+
+def test_compression_rows_stay_out_of_the_full_data_speedups():
+    curve = [{"epoch": 1, "grad_evals": 10, "train_seconds": 1.0, "val_robust": 0.5, "val_n": 2000}]
+    base = {"name": "pgd_at_e15_s0", "group": "pgd_at_e15", "seed": 0, "stage": "plateau", "overrides": [],
+            "curve": curve}
+    comp = {**_rows("random_l2_ipc10", [0.5])[0], "overrides": ["objective.norm=l2"], "curve": curve}
+    sp = report.family_speedups([base, comp], 15, 2000)
+    assert [g.name for g in sp["pgd_at"].groups] == ["pgd_at_e15"]
+    assert "random_l2_ipc10" in "\n".join(report.compression_table([comp]))
