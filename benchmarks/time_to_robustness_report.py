@@ -247,6 +247,53 @@ def schedule_reference(s: Speedup, fam: str) -> list[str]:
                 f"evals. Rows that reach it with less compute: {', '.join(beat) or 'none'}."]
 
 
+def row_cost(row: dict) -> int:
+    """A row's whole compute: its training, scoring and selection grad evals plus scoring done before training
+    (margins from a pretrained model)."""
+    return int(row["grad_evals"]) + int((row.get("info") or {}).get("scoring_grad_evals", 0))
+
+
+def frontier(done: list[dict], fam: str) -> list[tuple[float, float, int]]:
+    """The full-data schedules of a family as (compute, test PGD-20, test points), seed means, by compute."""
+    pts = []
+    for name, rs in groups([r for r in done if family(r) == fam and r.get("stage") != "compression"]).items():
+        if name.startswith(f"{fam}_e") and name[len(fam) + 2:].isdigit():
+            pts.append((_mean([row_cost(r) for r in rs]), _mean(_seed_values(rs, "pgd20")),
+                        rs[0]["eval"].get("n") or 10000))
+    return sorted(pts)
+
+
+def frontier_table(done: list[dict], fam: str) -> list[str]:
+    """Each method row against full data on a schedule of the same compute: the full-data test PGD-20
+    interpolated (linearly in compute) between the two schedules around the row's compute. A row above the
+    frontier beyond the 95% interval saves compute at equal robustness; one outside the schedules' range is
+    not compared."""
+    fr = frontier(done, fam)
+    rows = groups([r for r in done if family(r) == fam and r.get("stage") != "compression"
+                   and not (r["group"].startswith(f"{fam}_e") and r["group"][len(fam) + 2:].isdigit())])
+    if len(fr) < 2 or not rows:
+        return []
+    lines = ["", f"Against full data at equal compute (test PGD-20; full-data schedules {', '.join(f'{c / 1e6:.2f}M' for c, _, _ in fr)} "
+                 "grad evals, interpolated linearly in compute; ± the 95% interval of the difference, binomial "
+                 "over the test points, seed spread included where a row has seeds):", "",
+             "| row | seeds | grad evals | test PGD-20 | full data at that compute | difference | reading |",
+             "|---|---|---|---|---|---|---|"]
+    for name, rs in rows.items():
+        c, vals = _mean([row_cost(r) for r in rs]), _seed_values(rs, "pgd20")
+        acc = _mean(vals)
+        if not fr[0][0] <= c <= fr[-1][0]:
+            lines.append(f"| {name} | {len(rs)} | {c:,.0f} | {100 * acc:.2f} | outside the schedules' range | - | - |")
+            continue
+        (c0, a0, n0), (c1, a1, n1) = next((fr[i], fr[i + 1]) for i in range(len(fr) - 1) if fr[i][0] <= c <= fr[i + 1][0])
+        t = 0.0 if c1 == c0 else (c - c0) / (c1 - c0)
+        ref = a0 + t * (a1 - a0)
+        d, h = diff_ci(vals, [ref], n=min(n0, n1))
+        reading = "above: saves compute" if d > h else "below: costs compute" if d < -h else "on the frontier"
+        lines.append(f"| {name} | {len(rs)} | {c:,.0f} | {100 * acc:.2f} | {100 * ref:.2f} | {d:+.2f} ± {h:.2f} | "
+                     f"{reading} |")
+    return lines
+
+
 def margin_table(done: list[dict]) -> list[str]:
     rows = [r for r in done if r.get("stage") == "margin"]
     if not rows:
@@ -324,7 +371,7 @@ def write_report(all_rows: list[dict], protocol=None) -> Path:
     lines += [f"| {c} | {m} | {v} | {why} |" for c, m, v, why in verdict_rows(done, sp, epochs)]
     for fam, s in sp.items():
         lines += ["", f"## Compute to target: {FAMILIES[fam]} family", "", *speedup_table(s),
-                  *schedule_reference(s, fam), "", f"![curves]({TABLE}_{fam}.png)"]
+                  *schedule_reference(s, fam), *frontier_table(done, fam), "", f"![curves]({TABLE}_{fam}.png)"]
         plot(s, RESULTS / f"{TABLE}_{fam}.png")
     lines += margin_table(done)
     lines += compression_table(done)

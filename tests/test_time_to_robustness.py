@@ -89,3 +89,24 @@ def test_compression_rows_stay_out_of_the_full_data_speedups():
     sp = report.family_speedups([base, comp], 15, 2000)
     assert [g.name for g in sp["pgd_at"].groups] == ["pgd_at_e15"]
     assert "random_l2_ipc10" in "\n".join(report.compression_table([comp]))
+
+
+def _trained(group: str, seed: int, grad_evals: int, pgd20: float, **info) -> dict:
+    return {"name": f"{group}_s{seed}", "group": group, "seed": seed, "stage": "x", "overrides": [],
+            "grad_evals": grad_evals, "robust_acc": {"pgd20": pgd20}, "clean_acc": pgd20 + 0.1,
+            "eval": {"n": 10000}, "info": info}
+
+
+def test_frontier_compares_a_row_with_full_data_at_the_same_compute():
+    done = [_trained("pgd_at_e2", 0, 1_000_000, 0.60), _trained("pgd_at_e6", 0, 3_000_000, 0.70),
+            _trained("random_50", 0, 2_000_000, 0.70),  # full data at 2M: 0.65 -> +5 points
+            _trained("random_30", 0, 1_500_000, 0.62),  # full data at 1.5M: 0.625 -> on the frontier
+            _trained("puma_50", 0, 1_900_000, 0.55, scoring_grad_evals=100_000),  # 2M with its scoring: 0.65
+            _trained("random_70", 0, 4_000_000, 0.71)]
+    assert [c for c, _, _ in report.frontier(done, "pgd_at")] == [1_000_000, 3_000_000]
+    table = {line.split(" | ")[0].strip("| "): line for line in report.frontier_table(done, "pgd_at")
+             if line.startswith("| ") and not line.startswith("| row")}
+    assert "+5.00" in table["random_50"] and "saves compute" in table["random_50"]
+    assert "on the frontier" in table["random_30"]
+    assert "2,000,000" in table["puma_50"] and "-10.00" in table["puma_50"] and "costs compute" in table["puma_50"]
+    assert "outside" in table["random_70"]
