@@ -25,6 +25,7 @@ import torch
 from leanrobust.config import load_config
 from leanrobust.figures import save_figure
 from leanrobust.io import atomic_write, write_json, write_text
+from leanrobust.runs import SUMMARY
 from leanrobust.train import Trainer
 
 RESULTS = Path(__file__).parent / "results"
@@ -96,8 +97,8 @@ def run_row(table: str, name: str, config: str | Path, overrides: list[str], *, 
     cfg = load_config(config, overrides + [f"name={run_name or name}"])
     run = row_dir / "run"
     commit = git_commit()  # before training: the code the row runs (a reused summary may be older)
-    reused = (run / "summary.json").exists()
-    summary = json.loads((run / "summary.json").read_text()) if reused else Trainer(cfg, run).fit()
+    reused = (run / SUMMARY).exists()
+    summary = json.loads((run / SUMMARY).read_text()) if reused else Trainer(cfg, run).fit()
     return {"name": name, "table": table, "device": row_device(summary, cfg.device, not reused),
             "git": commit, "summary_reused": reused, "overrides": overrides,
             "clean_acc": summary["clean_acc"], "robust_acc": summary["robust_acc"],
@@ -112,7 +113,7 @@ def set_aside_finished_run(row_dir: Path) -> Optional[Path]:
     """Move a finished run (summary.json present) out of the way so that the row trains afresh; an
     unfinished run stays and resumes. Returns where it went (row_dir/run.superseded-N), None if nothing moved."""
     run = row_dir / "run"
-    if not (run / "summary.json").exists():
+    if not (run / SUMMARY).exists():
         return None
     n = 1
     while (row_dir / f"run.superseded-{n}").exists():

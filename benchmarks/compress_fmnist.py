@@ -33,7 +33,7 @@ from pathlib import Path
 import legacy_rows
 from common import RESULTS, done_rows, pct, plot_clean_vs_robust, run_table, subplots, write_table
 
-from leanrobust.cli_compress import compress
+from leanrobust.selection.compress import compress
 
 BASE = Path(__file__).parent / "configs" / "compress_fmnist.yaml"
 RUNS = Path("runs/bench")

@@ -23,6 +23,8 @@ from typing import Optional
 
 from common import override
 
+from leanrobust.runs import SUMMARY
+
 # The review fixes (commit, commit time). Since then every row records its commit in `git`. The fixes that
 # change what an older row measured:
 # - a PGD-20 / CW-20 point counts as robust only if it is also correct clean (before: the attack's end point
@@ -88,7 +90,7 @@ def best_epoch(row: dict, runs_dir: Path = Path("runs/bench")) -> str:
     """The epoch model selection kept, as 'best/epochs' ('-' when unknown). Rows written before run_row
     recorded it: read from the row's run summary, when its run directory is still there."""
     if row.get("best_epoch") is None:
-        f = runs_dir / row["table"] / row["name"] / "run" / "summary.json"
+        f = runs_dir / row["table"] / row["name"] / "run" / SUMMARY
         if f.exists():
             s = json.loads(f.read_text())
             row = {**row, "best_epoch": s.get("best_epoch"), "epochs": s.get("epochs")}

@@ -47,6 +47,8 @@ import legacy_rows
 from common import (RESULTS, append_row, device_label, done_rows, override, pct, plot_clean_vs_robust, run_table,
                     subplots, write_npz, write_table)
 
+from leanrobust.runs import SUMMARY
+
 ROOT = Path("runs/bench/proxy_fmnist")
 BASE = Path(__file__).parent / "configs" / "proxy_fmnist.yaml"
 GEN_CONFIG = Path(__file__).parent.parent / "configs" / "synth" / "fmnist_ddpm.yaml"
@@ -180,7 +182,7 @@ def stage_quality() -> None:
     path = RESULTS / "proxy_fmnist_quality.jsonl"
     done = done_rows(path)
     clf_run = Path("runs/bench/proxy_fmnist/real_only/run")
-    if not (clf_run / "summary.json").exists():
+    if not (clf_run / SUMMARY).exists():
         raise SystemExit("quality needs the real_only classifier row first (stage train)")
     clf = load(clf_run)
     rx, ry, _ = load_images(real_npz(), "train")
@@ -216,7 +218,7 @@ def stage_certify(only: list[str] | None, rerun_stale: bool = False) -> None:
         run = Path("runs/bench/proxy_fmnist_certify") / r["name"] / "run"
         t = trained.get(r["name"])
         current = r["name"] in done and legacy_rows.certified_is_current(done[r["name"]], t)
-        if current or not (run / "summary.json").exists():
+        if current or not (run / SUMMARY).exists():
             continue
         rep = certify_run(run, sigma=SIGMA, n0=100, n=2000, alpha=0.001, num=500, radii=RADII, progress=False)
         append_row(path, {"name": r["name"], "device": device_label("cpu"), "trained": t.get("finished") if t else None,

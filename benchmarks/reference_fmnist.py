@@ -45,7 +45,7 @@ from leanrobust.attacks import autoattack
 from leanrobust.data import load_dataset, to_float
 from leanrobust.data.build import load_test_set
 from leanrobust.evaluate import evaluate_model, predict
-from leanrobust.train import resolve_device
+from leanrobust.runs import WEIGHTS, resolve_device
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 MODELS = RESULTS / "reference_fmnist_models"
@@ -66,7 +66,7 @@ def save_weights(rows: list[dict]) -> None:
     MODELS.mkdir(parents=True, exist_ok=True)
     for r in rows:
         dst = MODELS / f"{r['name']}.safetensors"
-        src = RUNS / "reference_fmnist" / r["name"] / "run" / "model.safetensors"
+        src = RUNS / "reference_fmnist" / r["name"] / "run" / WEIGHTS
         if not dst.exists() and src.exists():
             shutil.copyfile(src, dst)
 

@@ -43,6 +43,8 @@ from pathlib import Path
 
 from common import RESULTS, append_row, done_rows, run_row
 
+from leanrobust.runs import METRICS, WEIGHTS
+
 RUNS = Path("runs/bench")
 SEEDS = (0, 1, 2)
 FRACTIONS = (0.3, 0.5, 0.7)
@@ -257,7 +259,7 @@ def prepare_compression(p: Protocol, method: str, ipc: int, norm: str):
     runs/bench/<table>/compressed/), its report in the row's info, and the epochs that make COMPRESS_STEPS
     steps on the k images it keeps; curve points every 1/COMPRESS_CURVE_POINTS of training."""
     def prepare(row_dir: Path) -> tuple[list[str], dict]:
-        from leanrobust.cli_compress import compress
+        from leanrobust.selection.compress import compress
 
         kind, kw, _ = COMPRESS_METHODS[method]
         # DM's images do not depend on the threat model (one condensation serves both); a Selection carries
@@ -326,7 +328,7 @@ def curve(run_dir: Path) -> list[dict]:
     keys = ("epoch", "grad_evals", "forward_evals", "train_seconds", "val_clean", "val_robust", "val_n",
             "val_grad_evals", "val_seconds")
     pts = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+    for line in (run_dir / METRICS).read_text().splitlines():
         try:
             r = json.loads(line)
         except ValueError:
@@ -355,7 +357,7 @@ def run(p: Protocol, selected: list[dict], device: str | None = None) -> None:
             out = run_row(p.table, r["name"], r["config"], ov, runs_dir=RUNS, run_name=r["group"], prepare=prep)
             run_dir = row_dir / "run"
             p.models.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(run_dir / "model.safetensors", p.models / f"{r['name']}.safetensors")
+            shutil.copyfile(run_dir / WEIGHTS, p.models / f"{r['name']}.safetensors")
             append_row(p.rows_file, {**out, "group": r["group"], "stage": r["stage"], "seed": r["seed"],
                                      "curve": curve(run_dir)})
             print(f"[{p.table}] done {r['name']} ({time.strftime('%H:%M:%S')})", flush=True)

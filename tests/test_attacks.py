@@ -597,6 +597,34 @@ def test_alpha_is_absolute_and_rel_step_a_multiple_of_eps(tiny_linear_model):
         fgsm_rs(model, x, y, 0.1, alpha=1.25)  # alpha was relative before: an absolute 1.25 is refused
 
 
+def test_per_sample_broadcasts_a_number_and_names_a_wrong_length():
+    from leanrobust.attacks.common import as_eps, default_rel_step, per_sample
+    from leanrobust.objectives.base import as_weight
+
+    like = torch.zeros(3, 1, 2, 2, dtype=torch.float64)
+    assert per_sample(0.5, like, "eps").tolist() == [0.5] * 3 and per_sample(0.5, like, "eps").dtype == torch.float64
+    assert as_eps([0.1, 0.2, 0.3], like).shape == (3, 1, 1, 1) and as_weight(None, like).tolist() == [1.0] * 3
+    for call, name in ((lambda: as_eps([0.1, 0.2], like), "eps"), (lambda: as_weight([1.0], like[:2]), "weight")):
+        with pytest.raises(ValueError, match=f"{name} has"):
+            call()
+    assert default_rel_step(10) == 0.25 and default_rel_step(0) == 2.5
+
+
+def test_robust_correct_counts_a_point_only_when_correct_clean_and_attacked(tiny_linear_model):
+    from leanrobust.evaluate import is_correct, robust_correct
+
+    model = tiny_linear_model(num_classes=3)
+    x, y = _batch()
+    torch.manual_seed(0)
+    clean, robust = robust_correct(model, x, y, 0.3, steps=3, norm="linf")
+    assert torch.equal(clean, is_correct(model, x, y)) and not (robust & ~clean).any()
+    torch.manual_seed(0)
+    x_adv = pgd(model, x, y, 0.3, steps=3)
+    assert torch.equal(robust, clean & (model(x_adv).argmax(1) == y))
+    none = torch.zeros_like(clean)
+    assert not robust_correct(model, x, y, 0.3, steps=3, norm="linf", clean=none)[1].any()  # given clean flags
+
+
 @pytest.mark.parametrize("name", sorted(ATTACKS) + ["autoattack"])
 @pytest.mark.parametrize("bad", [1.2, -0.1, float("nan")])
 def test_inputs_outside_unit_box_raise_naming_the_normalisation(name, bad, tiny_cnn):

@@ -113,7 +113,7 @@ def test_noise_is_not_clamped_and_counts_sum_to_n():
 
 
 def test_certify_command_writes_json_and_summary(tmp_path):
-    from leanrobust.cli_proxy import register
+    from leanrobust.cli.proxy import register
     from leanrobust.config import dump_config, validate_config
     from leanrobust.io import save_weights, write_json
     from leanrobust.models import build_model

@@ -92,7 +92,7 @@ def test_config_show_prints_every_default_after_overrides(tmp_path):
     assert r.exit_code == 2 and "did you mean 'epochs'?" in r.output
 
 
-def test_boolean_flags_have_a_negative_form(tmp_path):
+def test_negative_boolean_flags_parse(tmp_path):
     r = runner.invoke(app, ["report", str(tmp_path / "none"), "--no-json"])
     assert r.exit_code == 2 and "does not exist" in r.output  # --no-json parsed, the path is what fails
     r = runner.invoke(app, ["eval", str(tmp_path), "--no-json", "--attacks", "pgd,x"])

@@ -79,7 +79,7 @@ def test_model_fields_the_model_does_not_use_are_rejected_and_dropout_reaches_th
     import torch
     import yaml
 
-    from leanrobust.train import build_from_spec, model_spec
+    from leanrobust.runs import build_from_spec, model_spec
 
     with pytest.raises(ConfigError, match="model.width.*preact_resnet18"):
         validate_config({"model": {"name": "preact_resnet18", "width": 0.5}})

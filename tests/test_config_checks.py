@@ -164,7 +164,7 @@ def test_a_gzip_bomb_in_an_idx_file_is_refused_without_inflating_it(tmp_path, mo
     bomb = tmp_path / "train-images-idx3-ubyte.gz"
     bomb.write_bytes(gzip.compress(_idx(np.zeros((2, 28, 28), np.uint8))) + block * 4)
     read = []
-    real_open = sources.gzip.open
+    real_open = gzip.open
 
     class Counting:
         def __init__(self, f):
@@ -181,7 +181,7 @@ def test_a_gzip_bomb_in_an_idx_file_is_refused_without_inflating_it(tmp_path, mo
         def __exit__(self, *a):
             self.f.close()
 
-    monkeypatch.setattr(sources.gzip, "open", lambda *a, **k: Counting(real_open(*a, **k)))
+    monkeypatch.setattr(gzip, "open", lambda *a, **k: Counting(real_open(*a, **k)))
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: IDX file has trailing bytes"):
         sources.read_idx(bomb)
     assert sum(read) < 1 << 20  # the header's announced size, not the 64 MB the stream inflates to
@@ -262,7 +262,7 @@ def test_a_refused_checkpoint_does_not_advise_weights_only_false(tmp_path):
 
 def _weights_with_spec(path, spec, model=None):
     from leanrobust.io import save_weights
-    from leanrobust.train import build_from_spec
+    from leanrobust.runs import build_from_spec
     good = {"name": "smallcnn", "num_classes": 10, "in_channels": 1, "mean": [0.5], "std": [0.5],
             "kwargs": {"width": 0.25, "input_size": 28}}
     save_weights(path, model or build_from_spec(good), {"leanrobust_model": spec if isinstance(spec, str)

@@ -362,6 +362,17 @@ def test_split_validation():
         split_validation(p, 60, seed=0)
 
 
+def test_largest_remainder_is_the_one_quota_rule_of_the_split_and_of_pruning():
+    from leanrobust.data.pool import largest_remainder
+    from leanrobust.selection.pruning import class_quotas
+
+    # exact shares 2.5, 0, 1.5, 1: the tied remainders go to the earlier group, an empty group gets none
+    assert largest_remainder([5, 0, 3, 2], 5).tolist() == [3, 0, 1, 1]
+    assert largest_remainder([30, 20, 10], 12).tolist() == [6, 4, 2] and largest_remainder([4, 4], 0).tolist() == [0, 0]
+    y = torch.tensor([0] * 5 + [2] * 3 + [3] * 2)
+    assert class_quotas(y, 5) == {0: 3, 2: 1, 3: 1}
+
+
 # ----------------------------------------------------------------------------- augmentation
 def test_augment():
     x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)

@@ -155,7 +155,7 @@ def test_score_file_fingerprint_reaches_the_selection_and_is_checked(base, tmp_p
     r = runner.invoke(app, ["score", str(config), "--method", "random", "--set", "data.train_subset=30",
                             "--out", str(scores)])
     assert r.exit_code == 0, r.output
-    from leanrobust.cli_selection import read_scores
+    from leanrobust.selection.scores_file import read_scores
 
     arrays, meta = read_scores(scores)
     assert meta[KEY]["train_subset"] == 30 and KEY not in arrays and meta["overrides"] == ["data.train_subset=30"]
@@ -171,7 +171,7 @@ def test_score_file_fingerprint_reaches_the_selection_and_is_checked(base, tmp_p
 
 
 def test_select_from_a_score_file_without_fingerprint_says_so(tmp_path):
-    from leanrobust.cli_selection import write_scores
+    from leanrobust.selection.scores_file import write_scores
 
     write_scores(tmp_path / "s.npz", np.arange(20.0), np.arange(20) % 2, np.arange(20), np.zeros(20, bool),
                  {"method": "loss", "eps": 0.1})

@@ -5,7 +5,8 @@ import pickle
 import pytest
 import torch
 
-from leanrobust.io import WeightsError, atomic_write, load_checkpoint, load_weights, save_checkpoint, save_weights
+from leanrobust.io import (WeightsError, atomic_write, load_checkpoint, load_weights, save_checkpoint, save_weights,
+                           write_npz)
 
 
 MARKER = "/tmp/leanrobust_test_io_pwned"
@@ -85,3 +86,13 @@ def test_truncate_jsonl_drops_later_rows_and_a_torn_line(tmp_path):
     truncate_jsonl(p, "epoch", 2)
     assert p.read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
     truncate_jsonl(tmp_path / "missing.jsonl", "epoch", 2)  # nothing to do
+
+
+def test_write_npz_is_atomic_uncompressed_and_keeps_the_exact_name(tmp_path):
+    import numpy as np
+
+    out = write_npz(tmp_path / "sub" / "sel", path=np.arange(3), image=np.zeros((2, 4, 4, 1), np.uint8))
+    assert out == tmp_path / "sub" / "sel" and sorted(p.name for p in out.parent.iterdir()) == ["sel"]  # no .npz added
+    with np.load(out, allow_pickle=False) as z:
+        assert z["path"].tolist() == [0, 1, 2] and z["image"].shape == (2, 4, 4, 1)
+        assert all(i.compress_type == 0 for i in z.zip.infolist())  # stored: shards read it per batch

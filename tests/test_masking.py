@@ -9,7 +9,7 @@ from torch import nn
 
 from leanrobust import evaluate as evaluate_mod
 from leanrobust.attacks.autoattack import AutoAttackResult
-from leanrobust.cli import _print_accuracies
+from leanrobust.cli.run import _print_accuracies
 from leanrobust.evaluate import ScaledLogits, evaluate_model, parse_attacks
 from leanrobust.masking import masking_flags, merge_masking, short_flag
 from leanrobust.report import build_report, default_attack, read_run, to_markdown

@@ -118,7 +118,7 @@ def test_interrupted_sampling_resumes_from_shards(tiny_run, tmp_path):
 
 
 def test_cli_synth_sample(tiny_run, tmp_path):
-    from leanrobust.cli_proxy import register
+    from leanrobust.cli.proxy import register
 
     d, _ = tiny_run
     app = typer.Typer()
@@ -217,7 +217,7 @@ def test_unconditional_generator_with_pseudo_labels_and_realism_filter_cli(tmp_p
     """An unconditional generator's samples get a classifier's argmax as labels; then a robust
     discriminator (synth discriminator) ranks them for `synth filter --by realism`."""
     from leanrobust import load
-    from leanrobust.cli_proxy import register
+    from leanrobust.cli.proxy import register
     from leanrobust.io import save_weights
     from leanrobust.models import build_model
 
@@ -254,7 +254,7 @@ def test_unconditional_generator_with_pseudo_labels_and_realism_filter_cli(tmp_p
 
 
 def test_cli_proxy_quality_json(tmp_path):
-    from leanrobust.cli_proxy import register
+    from leanrobust.cli.proxy import register
 
     real = smooth_images(60, size=16)
     for name, x in (("real", real), ("gen", add_noise(real, 0.2))):

@@ -17,7 +17,7 @@ from leanrobust.config import validate_config
 from leanrobust.data.pool import Pool
 from leanrobust.objectives.bullet import BOUNDARY, OUTLIER, ROBUST, SKIPPED, bullet_pgd_at, bullet_trades
 from leanrobust.selection import Selection
-from leanrobust.selection.dynamic import make_selection_hook, selection_epochs
+from leanrobust.selection.schedule import SelectionSchedule, selection_epochs
 from leanrobust.selection.gradmatch import gradient_matrix, gradmatch_select, last_layer_factors, omp_nonneg
 from leanrobust.selection.pruning import class_quotas, select_by_score
 from leanrobust.selection.puma import puma_selection
@@ -262,10 +262,10 @@ def fake_trainer(n=24, epochs=8, **sel):
 
 
 def run_hook(cfg, tr):
-    hook = make_selection_hook(cfg)
+    hook = SelectionSchedule(cfg)
     new = []
     for e in range(cfg.optim.epochs):
-        sel = hook(tr, e)
+        sel = hook(tr.model, tr.pool, tr.selection, e)
         if sel is not None:
             new.append(e)
             tr.selection = sel
@@ -289,15 +289,15 @@ def test_static_selection_once_and_full_pool_before_start():
     hook, new = run_hook(cfg, tr)
     assert new == [3] and hook.last_scores is not None
     with pytest.raises(ValueError, match="start_epoch >= 2"):
-        make_selection_hook(fake_trainer(method="forgetting", start_epoch=0)[0])
+        SelectionSchedule(fake_trainer(method="forgetting", start_epoch=0)[0])
     with pytest.raises(ValueError, match="not accepted"):
-        make_selection_hook(fake_trainer(method="loss", params={"q": 0.1})[0])
+        SelectionSchedule(fake_trainer(method="loss", params={"q": 0.1})[0])
     with pytest.raises(ValueError, match="unknown selection.method"):
-        make_selection_hook(fake_trainer(method="bogus")[0])
+        SelectionSchedule(fake_trainer(method="bogus")[0])
     with pytest.raises(ValueError, match="highest margins"):  # was silently ignored
-        make_selection_hook(fake_trainer(method="puma", prune="lowest")[0])
+        SelectionSchedule(fake_trainer(method="puma", prune="lowest")[0])
     with pytest.raises(ValueError, match="gradmatch"):
-        make_selection_hook(fake_trainer(method="gradmatch", prune="highest")[0])
+        SelectionSchedule(fake_trainer(method="gradmatch", prune="highest")[0])
 
 
 def test_dynamic_selection_in_a_real_trainer_counts_scoring_passes(tmp_path):
@@ -313,9 +313,9 @@ def test_dynamic_selection_in_a_real_trainer_counts_scoring_passes(tmp_path):
         "model": {"width": 0.125}, "objective": {"eps": 0.1, "steps": 1},
         "optim": {"epochs": 4, "batch_size": 16}, "validation": {"n": 0},
         "selection": {"method": "loss", "fraction": 0.5, "every": 1, "start_epoch": 1}})
-    trainer = Trainer(cfg, tmp_path / "run", on_epoch_start=make_selection_hook(cfg))
+    trainer = Trainer(cfg, tmp_path / "run", selection_schedule=SelectionSchedule(cfg))
     assert trainer.fit(stop_after_epoch=3) is None
-    assert trainer.on_epoch_start.calls == [1, 2] and len(trainer.selection) == 21
+    assert trainer.selection_schedule.calls == [1, 2] and len(trainer.selection) == 21
     # 42 pool samples: epoch 0 trains all (2 grad passes each), epochs 1-2 train 21 and first score
     # the pool (PGD-1: 1 grad pass and 1 no-grad forward each)
     assert trainer.counter.grad_evals == 42 * 2 + 2 * (21 * 2 + 42)
@@ -365,7 +365,7 @@ def test_bullet_allocation_and_weight_zero():
 
 # ----------------------------------------------------------------------------- CLI
 def cli_app():
-    from leanrobust.cli_selection import register
+    from leanrobust.cli.selection import register
 
     app = typer.Typer()
     register(app)
@@ -373,7 +373,7 @@ def cli_app():
 
 
 def test_cli_select_writes_a_selection_that_loads(tmp_path):
-    from leanrobust.cli_selection import read_scores, write_scores
+    from leanrobust.selection.scores_file import read_scores, write_scores
 
     rng = np.random.default_rng(0)
     n = 40
@@ -405,7 +405,7 @@ def test_cli_select_writes_a_selection_that_loads(tmp_path):
 
 
 def test_cli_select_prunes_in_the_scores_direction_by_default(tmp_path):
-    from leanrobust.cli_selection import write_scores
+    from leanrobust.selection.scores_file import write_scores
 
     n, runner = 40, CliRunner()
     s = np.arange(n, dtype=float)  # score i for pool index i
@@ -430,7 +430,7 @@ def test_cli_select_prunes_in_the_scores_direction_by_default(tmp_path):
 def test_warmup_model_trains_under_the_configs_own_schedule(monkeypatch):
     """`score --warmup-epochs 2` trains epochs 0-1 of the full run's schedule, not a 2-epoch schedule."""
     import leanrobust.train
-    from leanrobust.cli_selection import _warmup_model
+    from leanrobust.cli.selection import _warmup_model
     from leanrobust.config import validate_config
 
     seen = {}
@@ -456,7 +456,7 @@ def test_warmup_of_a_method_config_drops_its_selection_settings(monkeypatch):
     """A shipped method config (selection method, fraction, params, sample weighting) warms up on the full pool:
     the warm-up config keeps none of the settings that would be refused without a selection."""
     import leanrobust.train
-    from leanrobust.cli_selection import _warmup_model
+    from leanrobust.cli.selection import _warmup_model
     from leanrobust.config import validate_config
 
     seen = {}

@@ -109,7 +109,7 @@ def _finished_run(d: Path) -> Path:
     config.yaml, summary.json, one later eval file."""
     from leanrobust.config import dump_config, load_config
     from leanrobust.io import save_weights
-    from leanrobust.train import build_from_spec
+    from leanrobust.runs import build_from_spec
     spec = {"name": "smallcnn", "num_classes": 10, "in_channels": 1, "mean": [0.286], "std": [0.353],
             "kwargs": {"width": 0.25, "input_size": 28}}
     torch.manual_seed(1)

@@ -88,7 +88,7 @@ def _build(spec: dict, file: Path) -> nn.Module:
     """The network a checked spec describes. It is first built without memory (meta device): one whose
     weights could not fit in the file is refused before anything is allocated."""
     from .io import WeightsError
-    from .train import build_from_spec
+    from .runs import build_from_spec
 
     from .models.registry import MODELS
 
@@ -124,7 +124,7 @@ def load(path: str | Path, device: str = "cpu") -> nn.Module:
     """A trained network in eval mode, from a run directory, its model.safetensors or an exported file.
     It takes inputs in [0,1]: normalisation is inside the model."""
     from .io import read_metadata
-    from .train import WEIGHTS
+    from .runs import WEIGHTS
 
     path = Path(path)
     file = path / WEIGHTS if path.is_dir() else path
@@ -136,7 +136,7 @@ def model_info(path: str | Path) -> dict:
     """What a leanrobust weights file says about itself: model (architecture), normalization (mean, std),
     and for an exported run dataset, threat_model, eval (accuracies), training and config; version."""
     from .io import WeightsError, read_metadata
-    from .train import WEIGHTS
+    from .runs import WEIGHTS
 
     path = Path(path)
     file = path / WEIGHTS if path.is_dir() else path
@@ -160,7 +160,7 @@ def export(run_dir: str | Path, out: str | Path) -> Path:
     `leanrobust.load(out)` rebuilds the model and `leanrobust eval out` evaluates it without the run."""
     from .io import load_weights, read_metadata, save_weights
     from .report import read_run
-    from .train import SUMMARY, WEIGHTS
+    from .runs import SUMMARY, WEIGHTS
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -258,6 +258,7 @@ def load_test_set(dataset: str = "fashion_mnist", n: Optional[int] = None, *, ro
     """Test images as floats in [0,1] (N, C, H, W) and int64 labels, in the fixed shuffled order every
     leanrobust evaluation uses (the first n points are the same for every run and method)."""
     from .config import DataConfig
+    from .data.augment import to_float
     from .data.build import load_test_set as _load
     from .data.sources import dataset_info
 
@@ -265,7 +266,7 @@ def load_test_set(dataset: str = "fashion_mnist", n: Optional[int] = None, *, ro
     images, labels = _load(DataConfig(dataset=name, root=None if root is None else str(root), download=download))
     if n is not None:
         images, labels = images[:n], labels[:n]
-    return images.float().div(255), labels
+    return to_float(images), labels
 
 
 @dataclass
@@ -285,8 +286,9 @@ class EvalTarget:
 def _probe(model: nn.Module, images: torch.Tensor, dataset: str, device) -> None:
     """One forward pass on one test image, so a model that does not fit the data fails with a clear message."""
     from .attacks.common import eval_mode
+    from .data.augment import to_float
 
-    x = images[:1].float().div(255) if images.dtype == torch.uint8 else images[:1].float()
+    x = to_float(images[:1])
     try:
         with torch.no_grad(), eval_mode(model):
             out = model(x.to(device))
@@ -306,7 +308,7 @@ def eval_target(path: Optional[Path], *, model: Optional[str] = None, dataset: O
     `model` (a factory pkg.module:fn, see model_from_factory). Flags given explicitly always win."""
     from .config import DataConfig, load_config
     from .data.build import load_test_set as _load_test
-    from .train import CONFIG
+    from .runs import CONFIG
 
     cfg = None
     if path is not None and not path.exists():

@@ -15,6 +15,7 @@ from scipy.stats import beta, norm
 from torch import nn
 
 from .attacks.common import eval_mode
+from .data.augment import to_float
 
 ABSTAIN = -1
 
@@ -56,7 +57,7 @@ def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None = None, *,
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
     dev = next(model.parameters()).device
-    x = x.float() / 255 if not x.is_floating_point() else x.float()
+    x = to_float(x)
     g = torch.Generator(device=dev).manual_seed(seed)
     out = {"prediction": [], "radius": [], "pA_lower": [], "count": []}
     with eval_mode(model), torch.no_grad():
@@ -102,7 +103,7 @@ def certify_run(run_dir: str | Path, *, sigma: float, n0: int = 100, n: int = 10
     from .config import load_config
     from .data.build import load_test_set
     from .io import write_json
-    from .train import CONFIG, SUMMARY, resolve_device
+    from .runs import CONFIG, SUMMARY, resolve_device
 
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).exists():

@@ -9,7 +9,7 @@ import math
 import typing
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -140,6 +140,18 @@ class ObjectiveConfig(_Strict):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     params: dict[str, Any] = Field(default_factory=dict, description="method-specific keyword arguments")
 
+    PASSED: ClassVar[tuple[str, ...]] = ("norm", "steps", "step_size", "beta", "label_smoothing")
+
+    def managed_kwargs(self, *, epoch: int, num_epochs: int) -> dict[str, Any]:
+        """What the trainer passes every objective itself (objective.params may not name them): the PASSED
+        fields and the training progress (0-based epoch, optim.epochs)."""
+        return {**{k: getattr(self, k) for k in self.PASSED}, "epoch": epoch, "num_epochs": num_epochs}
+
+    def call_kwargs(self, *, epoch: int, num_epochs: int) -> dict[str, Any]:
+        """The keyword arguments of an objective call: managed_kwargs and objective.params (call_objective
+        hands each function only those it declares)."""
+        return {**self.managed_kwargs(epoch=epoch, num_epochs=num_epochs), **self.params}
+
     @model_validator(mode="after")
     def _eps_in_the_box(self) -> "ObjectiveConfig":
         """Inputs lie in [0,1]: an Linf radius above 1 allows every image (8/255 is written 0.0314)."""
@@ -202,10 +214,10 @@ class SelectionConfig(_Strict):
     @classmethod
     def _known_method(cls, v: str) -> str:
         """An unknown method is an error now, not after the data is loaded."""
-        from .selection.dynamic import METHODS
+        from .selection.registry import METHODS
 
         if v != "none" and v not in METHODS:
-            raise ValueError(f"unknown selection.method {v!r}{did_you_mean(v, ('none',) + METHODS)}; "
+            raise ValueError(f"unknown selection.method {v!r}{did_you_mean(v, ('none', *METHODS))}; "
                              f"expected 'none' or one of: {', '.join(METHODS)}")
         return v
 
@@ -301,8 +313,8 @@ class RunConfig(_Strict):
         sig = inspect.signature(fn).parameters
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.values()):
             return self
-        managed = {"model", "x", "y", "eps", "weight", "norm", "steps", "step_size", "beta", "label_smoothing",
-                   "epoch", "num_epochs"}
+        contract = set(list(sig)[:5])  # fn(model, x, y, eps, weight, **hyper-parameters)
+        managed = contract | set(self.objective.managed_kwargs(epoch=0, num_epochs=1))
         accepted = {n for n, p in sig.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL} - managed
         bad = sorted(set(self.objective.params) - accepted)
         if bad:

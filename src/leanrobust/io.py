@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -100,7 +100,7 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         try:
-            import fcntl
+            import fcntl  # optional: POSIX only
         except ImportError:  # Windows: no advisory locks here
             return self
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -233,8 +233,6 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
@@ -274,13 +272,14 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- sharded npz files
-def _write_npz(path: Path, **arrays) -> None:
-    """np.savez (uncompressed), atomically."""
+def write_npz(path: str | Path, /, **arrays) -> Path:
+    """np.savez of `arrays` (uncompressed) to exactly `path` (no .npz appended), atomically (atomic_write:
+    parent folders created, temp file renamed). Returns the path."""
     def write(tmp: Path):
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
-    atomic_write(path, write)
+    return atomic_write(path, write)
 
 
 def _merge_shards(parts: list[Path], out: Path) -> int:
@@ -351,7 +350,7 @@ def write_shards(out: str | Path, plan: dict, make_batch, n: int, batch_size: in
             return {"out": None, "parts": str(parts_dir), "new_batches": made, "reused_batches": nb - len(todo),
                     "complete": False}
         images, labels = make_batch(i, sizes[i])
-        _write_npz(parts[i], image=images.permute(0, 2, 3, 1).numpy(), label=labels.numpy().astype(np.int64))
+        write_npz(parts[i], image=images.permute(0, 2, 3, 1).numpy(), label=labels.numpy().astype(np.int64))
         made += 1
         bar.update(sizes[i])
     bar.close()

@@ -9,9 +9,8 @@ import math
 from pathlib import Path
 
 from .io import write_text
+from .runs import METRICS, METRICS_CSV
 
-METRICS = "metrics.jsonl"
-METRICS_CSV = "metrics.csv"
 TENSORBOARD = "tensorboard"
 INSTALL_HINT = "pip install leanrobust[tensorboard]"
 

@@ -17,7 +17,7 @@ import yaml
 from .evaluate import ATTACK_RE
 from .figures import save_figure, write_outputs
 from .masking import masking_flags, merge_masking, short_flag
-from .train import CHECKPOINT, CONFIG, SUMMARY
+from .runs import CHECKPOINT, CONFIG, SUMMARY
 
 FAST_AA = "autoattack_fast"  # APGD-CE + APGD-T only: an upper bound on standard AutoAttack's accuracy
 

@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from .figures import save_figure, write_outputs
-from .train import CONFIG, METRICS, SUMMARY
+from .runs import CONFIG, METRICS, SUMMARY
 
 
 @dataclass

@@ -7,79 +7,37 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__, distributed
 from .accounting import PassCounter
-from .attacks import pgd
-from .attacks.common import eval_mode
 from .config import RunConfig, dump_config, load_config
 from .data.augment import augment_batch, to_float
 from .data.build import TrainingData, build_training_data, load_test_set
 from .data.fingerprint import check_fingerprint, run_fingerprint
 from .data.sampler import MixingSampler
 from .ema import EMA
-from .evaluate import evaluate_model
+from .evaluate import evaluate_model, robust_correct
 from .io import (RunLock, clean_orphans, load_checkpoint, save_checkpoint, save_weights, truncate_jsonl, write_json,
                  write_text)
-from .metrics_log import METRICS, METRICS_CSV, MetricsLog, require_tensorboard
-from .models import build_model
+from .metrics_log import MetricsLog, require_tensorboard
 from .objectives import call_objective
+from .runs import (BEST, BEST_NEXT, CHECKPOINT, CONFIG, METRICS, RUN_FILES, SUMMARY, WEIGHTS, build_from_spec,
+                   model_spec, resolve_device, seed_everything)
 from .schedule import lr_factor
 from .selection import Selection
-
-CHECKPOINT = "checkpoint.pt"
-WEIGHTS = "model.safetensors"
-BEST = "best.safetensors"
-BEST_NEXT = "best.next.safetensors"
-SUMMARY = "summary.json"
-CONFIG = "config.yaml"
-RUN_FILES = (CHECKPOINT, WEIGHTS, BEST, BEST_NEXT, SUMMARY, METRICS, METRICS_CSV, CONFIG)  # the trainer's alone
+from .selection.schedule import SelectionSchedule
 
 
 class NonFiniteLossError(RuntimeError):
     """Training diverged (a NaN or infinite loss or weights): the run stops, its last good checkpoint kept."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device of this process: auto -> cuda when available; under torchrun, cuda:LOCAL_RANK."""
-    if name == "auto":
-        return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-    return distributed.local_device(dev)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def model_spec(cfg: RunConfig, info) -> dict:
-    """What `leanrobust.load` needs to rebuild the network from a weights file alone."""
-    m = cfg.model
-    kw = {"width": m.width, "input_size": info.size} if m.name == "smallcnn" else {}
-    if m.name == "wideresnet":
-        kw = {"depth": m.depth, "widen_factor": m.widen_factor, "activation": m.activation}
-    if m.dropout is not None:
-        kw["dropout"] = m.dropout
-    return {"name": m.name, "num_classes": info.num_classes, "in_channels": info.channels,
-            "mean": list(info.mean), "std": list(info.std), "kwargs": kw}
-
-
-def build_from_spec(spec: dict) -> nn.Module:
-    return build_model(spec["name"], spec["num_classes"], spec["in_channels"], spec["mean"], spec["std"], **spec["kwargs"])
 
 
 def _all_finite(tensors) -> torch.Tensor:
@@ -100,14 +58,13 @@ class Trainer:
     """One run: config + run directory. `fit()` trains (resuming if a checkpoint exists),
     then evaluates and writes summary.json; the run directory is complete only then."""
 
-    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, on_epoch_start: Optional[Callable] = None):
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *,
+                 selection_schedule: Optional[SelectionSchedule] = None):
         self.cfg = cfg
         self.dir = Path(run_dir)
-        if on_epoch_start is None and cfg.selection.method != "none":
-            from .selection.dynamic import make_selection_hook
-
-            on_epoch_start = make_selection_hook(cfg)
-        self.on_epoch_start = on_epoch_start  # (trainer, epoch) -> Selection | None: static or dynamic selection
+        if selection_schedule is None and cfg.selection.method != "none":
+            selection_schedule = SelectionSchedule(cfg)  # its settings checked now, before the data is built
+        self.selection_schedule = selection_schedule  # static or dynamic selection, called before each epoch
         if cfg.logging.tensorboard:
             require_tensorboard()  # a missing package fails now, not after the first epoch
         self.metrics = MetricsLog(self.dir, tensorboard=cfg.logging.tensorboard)
@@ -201,6 +158,7 @@ class Trainer:
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{o.epochs}", disable=not cfg.progress or self.rank != 0,
                    unit="batch", leave=False, dynamic_ncols=True)
         obj = cfg.objective
+        obj_kw = obj.call_kwargs(epoch=epoch, num_epochs=o.epochs)
         every = cfg.validation.every_grad_evals
         bucket = self.counter.grad_evals // every if every else 0
         bad = torch.full((), -1, dtype=torch.int64, device=self.device)  # first step with a non-finite loss
@@ -210,9 +168,7 @@ class Trainer:
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and cfg.amp):
-                out = call_objective(obj.name, self.train_model, x, y, eps, w, norm=obj.norm, steps=obj.steps,
-                                     step_size=obj.step_size, beta=obj.beta, label_smoothing=obj.label_smoothing,
-                                     epoch=epoch, num_epochs=o.epochs, **obj.params)
+                out = call_objective(obj.name, self.train_model, x, y, eps, w, **obj_kw)
             bad = torch.where((bad < 0) & ~torch.isfinite(out.loss.detach()), i, bad)  # on the device: no sync
             if self.world_size == 1 and (i + 1) % 10 == 0 and int(bad) >= 0:  # one process: stop soon
                 self._diverged(epoch, int(bad))
@@ -254,7 +210,7 @@ class Trainer:
         n = len(self.sampler)
         where = (f"epoch {epoch + 1} of {self.cfg.optim.epochs}, " +
                  (f"step {step + 1} of {n}" if step is not None else "on another rank" if not weights
-                  else f"after its last step (the weights became non-finite; the loss stayed finite)"))
+                  else "after its last step (the weights became non-finite; the loss stayed finite)"))
         what = "non-finite weights" if weights else "non-finite training loss (NaN or inf)"
         kept = (f"the last good checkpoint (epoch {self.epoch}) in {self.dir} is kept" if self.epoch
                 else f"no checkpoint was written to {self.dir}")
@@ -304,13 +260,9 @@ class Trainer:
         clean = rob = 0
         bs = self.cfg.eval.batch_size
         for i in range(0, n, bs):
-            xb, yb = x[i:i + bs], y[i:i + bs]
-            with torch.no_grad(), eval_mode(model):
-                ok = model(xb).argmax(1) == yb
-            clean += ok.sum().item()
-            xa = pgd(model, xb, yb, self.cfg.objective.eps, steps=self.cfg.validation.steps, norm=self.cfg.objective.norm)
-            with torch.no_grad(), eval_mode(model):
-                rob += (ok & (model(xa).argmax(1) == yb)).sum().item()  # robust: correct on x and x_adv
+            ok, robust = robust_correct(model, x[i:i + bs], y[i:i + bs], self.cfg.objective.eps,
+                                        steps=self.cfg.validation.steps, norm=self.cfg.objective.norm)
+            clean, rob = clean + ok.sum().item(), rob + robust.sum().item()
         return {"val_clean": clean / n, "val_robust": rob / n, "val_n": n, "val_steps": self.cfg.validation.steps}
 
     def curve_point(self, partial_seconds: float = 0.0) -> dict:
@@ -344,7 +296,7 @@ class Trainer:
                 "best_metric": self.best_metric, "best_epoch": self.best_epoch,
                 "selection": {"indices": self.selection.indices, "weight": self.selection.weight,
                               "eps": self.selection.eps},
-                "hook": self.on_epoch_start.state_dict() if hasattr(self.on_epoch_start, "state_dict") else None}
+                "hook": self.selection_schedule.state_dict() if self.selection_schedule is not None else None}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -364,8 +316,8 @@ class Trainer:
         if self.rank == 0:
             self._settle_best()
             truncate_jsonl(self.dir / METRICS, "epoch", self.epoch)
-        if state.get("hook") is not None and hasattr(self.on_epoch_start, "load_state_dict"):
-            self.on_epoch_start.load_state_dict(state["hook"])  # e.g. forgetting counts observed so far
+        if state.get("hook") is not None and self.selection_schedule is not None:
+            self.selection_schedule.load_state_dict(state["hook"])  # e.g. forgetting counts observed so far
 
     def _settle_best(self) -> None:
         """Promote the staged best weights if the checkpoint on disk chose their epoch, else drop them
@@ -435,8 +387,8 @@ class Trainer:
                 return None
             e = self.epoch
             self._epoch_t0, self._epoch_val_seconds = time.perf_counter(), 0.0
-            if self.on_epoch_start:
-                new = self.on_epoch_start(self, e)
+            if self.selection_schedule is not None:
+                new = self.selection_schedule(self.model, self.pool, self.selection, e)
                 if new is not None:
                     self.set_selection(new)
             stats = self.train_epoch(e)

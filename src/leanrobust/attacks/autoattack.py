@@ -5,14 +5,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 import torch
+from pyautoattack import AutoAttack
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..io import write_text
 from .common import channels_last, check_unit_range, eval_mode
 from .conv_input_grad import input_grad_convs
 
@@ -56,8 +57,6 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
     model runs with NHWC weights (oneDNN's max-pool is ~8x faster on NHWC) and input-only convolution
     gradients: standard AA on 100 Fashion-MNIST points of a SmallCNN 103 s -> 95 s side by side; the
     reference's 500-point chunks (batch 250) 646 s before, 374-524 s after, not side by side."""
-    from pyautoattack import AutoAttack
-
     if norm not in _NORMS:
         raise ValueError(f"unknown norm {norm!r}; expected one of {sorted(_NORMS)}")
     if version == "custom" and not attacks:
@@ -110,14 +109,14 @@ def autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float
                 state["partial"] = {"attack": name, "idx": idx.tolist(), "points": skip + k * batch_size + chunk.numel()}
                 state["robust"] = robust.tolist()
                 if path is not None and k + 1 < n_batches:
-                    _write_state(path, state)
+                    write_text(path, json.dumps(state))
                 bar.set_postfix(robust=f"{int(robust.sum())}/{len(robust)}")
             bar.close()
             state.pop("partial", None)
             state["done"].append(name)
             state["robust"] = robust.tolist()
             if path is not None:
-                _write_state(path, state)
+                write_text(path, json.dumps(state))
         robust &= _predict(model, x_adv, batch_size, device).to(y.device) == y
     return AutoAttackResult(x_adv, robust, robust.float().mean().item())
 
@@ -198,12 +197,6 @@ def _read_state(path: Path, meta: dict) -> dict:
             raise ValueError(f"AutoAttack state file {path} was written for {key}={state.get(key)!r}, "
                              f"this run has {key}={value!r}; delete it or pass another state_path")
     return state
-
-
-def _write_state(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager

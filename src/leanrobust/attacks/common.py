@@ -9,14 +9,21 @@ import torch
 from torch import nn
 
 
+def per_sample(value: float | torch.Tensor, like: torch.Tensor, name: str) -> torch.Tensor:
+    """`value` as a (B,) tensor on `like`'s device and dtype, B = like.shape[0]: a number (or 0-d tensor)
+    broadcasts, anything else must hold exactly B entries (ValueError naming `name`)."""
+    v = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if v.ndim == 0:
+        v = v.expand(like.shape[0])
+    v = v.reshape(-1)
+    if v.numel() != like.shape[0]:
+        raise ValueError(f"{name} has {v.numel()} entries for a batch of {like.shape[0]}")
+    return v
+
+
 def as_eps(eps: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Per-sample radius shaped (B, 1, 1, ...) to broadcast over x; a float broadcasts."""
-    e = torch.as_tensor(eps, dtype=x.dtype, device=x.device)
-    if e.ndim == 0:
-        e = e.expand(x.shape[0])
-    e = e.reshape(-1)
-    if e.numel() != x.shape[0]:
-        raise ValueError(f"eps has {e.numel()} entries for a batch of {x.shape[0]}")
+    e = per_sample(eps, x, "eps")
     if (e < 0).any():
         raise ValueError("eps must be >= 0")
     return e.reshape(-1, *([1] * (x.ndim - 1)))
@@ -86,6 +93,12 @@ def check_unit_range(x: torch.Tensor, attack: str) -> None:
                          "and x must not be normalised (nor uint8: divide by 255)")
 
 
+def default_rel_step(steps: int) -> float:
+    """The default step of the iterative attacks (pgd, trades_kl) as a multiple of eps: 2.5 / steps, so
+    the iterates can cross the ball (and come back) within the steps."""
+    return 2.5 / max(steps, 1)
+
+
 def step_length(eps: torch.Tensor, alpha, rel_step, default_rel: float, attack: str,
                 removed: dict) -> torch.Tensor:
     """Per-sample step: alpha (absolute, as in torchattacks) or rel_step * eps (default_rel * eps when
@@ -113,6 +126,19 @@ def check_norm(norm: str) -> str:
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
     return norm
+
+
+def iterative_start(x: torch.Tensor, eps, *, norm: str, steps: int, alpha, rel_step, attack: str,
+                    removed: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the iterative attacks (pgd, trades_kl) check and set up first: the norm, x detached, the
+    per-sample eps (as_eps), the per-sample step (step_length, default default_rel_step(steps) * eps),
+    x within [0,1]. Returns (x, eps, step)."""
+    check_norm(norm)
+    x = x.detach()
+    eps_b = as_eps(eps, x)
+    step = step_length(eps_b, alpha, rel_step, default_rel_step(steps), attack, removed)
+    check_unit_range(x, attack)
+    return x, eps_b, step
 
 
 def random_init(x: torch.Tensor, eps: torch.Tensor, norm: str) -> torch.Tensor:

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import (as_eps, ascent_step, check_norm, check_unit_range, cw_margin, eval_mode, input_grad, project,
-                     random_init, step_length)
+from .common import ascent_step, cw_margin, eval_mode, input_grad, iterative_start, project, random_init
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
@@ -36,20 +35,17 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float | torch.T
     """PGD in the per-sample eps-ball intersected with [0,1], model in eval mode (restored after).
 
     Step: alpha, absolute (torchattacks' alpha, e.g. 2/255), or rel_step, a multiple of eps
-    (alpha_i = rel_step * eps_i); default rel_step = 2.5 / steps. `step_size` raises (it was the
-    relative step here, but is absolute in torchattacks). x must lie in [0,1] (normalisation belongs in
-    the model), else ValueError. loss "ce" or "cw"
+    (alpha_i = rel_step * eps_i); default rel_step = default_rel_step(steps) = 2.5 / steps. `step_size`
+    raises (it was the relative step here, but is absolute in torchattacks). x must lie in [0,1]
+    (normalisation belongs in the model), else ValueError. loss "ce" or "cw"
     (max_{j!=y} z_j - z_y, the CW-Linf evaluation loss). With restarts > 1, later restarts only
     attack samples not yet misclassified; per sample the result is the first misclassifying
     iterate's end point, else the restart with the highest loss. return_kappa=True also returns
     GAIRAT's kappa (long, 0..steps) from the first restart. Returns x_adv or (x_adv, kappa)."""
-    check_norm(norm)
     if loss not in ("ce", "cw"):
         raise ValueError(f"unknown loss {loss!r}; expected 'ce' or 'cw'")
-    x = x.detach()
-    eps_b = as_eps(eps, x)
-    step = step_length(eps_b, alpha, rel_step, 2.5 / max(steps, 1), "pgd", removed)
-    check_unit_range(x, "pgd")
+    x, eps_b, step = iterative_start(x, eps, norm=norm, steps=steps, alpha=alpha, rel_step=rel_step, attack="pgd",
+                                     removed=removed)
     with eval_mode(model):
         x_adv, kappa = _pgd_run(model, x, y, eps_b, step, steps, norm, loss, random_start)
         if restarts > 1:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import as_eps, ascent_step, check_norm, check_unit_range, eval_mode, input_grad, project, step_length
+from .common import ascent_step, eval_mode, input_grad, iterative_start, project
 
 
 def trades_kl(model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, *, steps: int = 10,
@@ -15,14 +15,11 @@ def trades_kl(model: nn.Module, x: torch.Tensor, eps: float | torch.Tensor, *, s
     """Maximise sum_k p_k(x) log(p_k(x) / p_k(x_adv)) -- TRADES' code, KLDivLoss(log p(x_adv),
     p_natural) -- with sign steps (linf) or L2-normalised gradient steps (l2; TRADES' own L2
     branch uses an optimiser on delta instead). Step as in pgd: alpha absolute or rel_step * eps
-    (default rel_step 2.5 / steps; TRADES CIFAR uses alpha=0.007, i.e. rel_step 0.007 / 0.031 ~ 0.23);
-    step_size raises. x must lie in [0,1].
+    (default rel_step: default_rel_step(steps) = 2.5 / steps; TRADES CIFAR uses alpha=0.007, i.e.
+    rel_step 0.007 / 0.031 ~ 0.23); step_size raises. x must lie in [0,1].
     p_natural: clean probabilities (B, K); computed in eval mode without grad when None."""
-    check_norm(norm)
-    x = x.detach()
-    eps_b = as_eps(eps, x)
-    alpha = step_length(eps_b, alpha, rel_step, 2.5 / max(steps, 1), "trades_kl", removed)
-    check_unit_range(x, "trades_kl")
+    x, eps_b, alpha = iterative_start(x, eps, norm=norm, steps=steps, alpha=alpha, rel_step=rel_step,
+                                      attack="trades_kl", removed=removed)
     with eval_mode(model):
         if p_natural is None:
             with torch.no_grad():

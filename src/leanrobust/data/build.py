@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import DataConfig
+from .augment import to_float
 from .pool import Pool, split_validation
 from .shards import open_images
 from .sources import DataError, DatasetInfo, dataset_info, load_dataset, load_npz
@@ -24,7 +25,7 @@ class TrainingData:
 
 def npz_info(images: torch.Tensor, num_classes: int, name: str = "npz") -> DatasetInfo:
     """Statistics of a generic npz set: per-channel mean/std measured on (up to 10k of) its images."""
-    x = images[:10000].float().div_(255)
+    x = to_float(images[:10000])
     mean = tuple(x.mean(dim=(0, 2, 3)).tolist())
     std = tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
     c, h = images.shape[1], images.shape[2]

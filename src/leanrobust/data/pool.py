@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .shards import ShardImages
@@ -90,6 +91,19 @@ class Pool:
                     self.num_classes)
 
 
+def largest_remainder(counts, total: int) -> np.ndarray:
+    """Split `total` over groups of sizes `counts` (int64 quotas, one per group) in proportion to their sizes,
+    largest-remainder rounding (ties: the earlier group first): each group gets the floor or the ceiling of its
+    exact share total * n_c / N, so never more than n_c when total <= N, and an empty group gets 0."""
+    counts = np.asarray(counts, dtype=np.int64)
+    exact = counts.astype(np.float64) * total / max(int(counts.sum()), 1)
+    quota = np.floor(exact).astype(np.int64)
+    rest = total - int(quota.sum())
+    order = np.lexsort((np.arange(len(counts)), -(exact - quota)))  # largest remainder first, then position
+    quota[order[:rest]] += 1
+    return quota
+
+
 def split_validation(pool: Pool, n_val: int, seed: int) -> tuple[Pool, Pool]:
     """Hold out `n_val` real samples, stratified by class (largest-remainder quotas), deterministic in `seed`.
 
@@ -102,11 +116,7 @@ def split_validation(pool: Pool, n_val: int, seed: int) -> tuple[Pool, Pool]:
     if n_val:
         labels = pool.labels.cpu()[real]
         counts = torch.bincount(labels, minlength=pool.num_classes)
-        exact = counts.double() * n_val / n_real
-        quota = exact.floor().long()
-        rest = n_val - int(quota.sum())
-        order = sorted(range(pool.num_classes), key=lambda c: (-(exact[c] - quota[c]).item(), c))
-        quota[order[:rest]] += 1
+        quota = torch.from_numpy(largest_remainder(counts.numpy(), n_val))
         g = torch.Generator().manual_seed(int(seed))
         perm = real[torch.randperm(n_real, generator=g)]
         lab = pool.labels.cpu()[perm]

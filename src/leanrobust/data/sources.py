@@ -4,7 +4,6 @@
 Every reader validates what it reads and raises `DataError` naming the file and the problem."""
 from __future__ import annotations
 
-import gzip  # noqa: F401  (no longer used here: tests reach gzip.open through `sources.gzip`)
 import hashlib
 import http.client
 import os

@@ -9,6 +9,8 @@ from typing import Any, Callable, Mapping, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from ..attacks.common import per_sample
+
 __all__ = ["ObjectiveOutput", "weighted_mean", "call_objective", "as_weight", "kl_per_sample",
            "normalise_instance_weights"]
 
@@ -26,15 +28,7 @@ class ObjectiveOutput(NamedTuple):
 
 def as_weight(weight: float | torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     """Per-sample weight as a (B,) tensor on `like`'s device and dtype (None or a float broadcasts)."""
-    if weight is None:
-        weight = 1.0
-    w = torch.as_tensor(weight, dtype=like.dtype, device=like.device)
-    if w.ndim == 0:
-        w = w.expand(like.shape[0])
-    w = w.reshape(-1)
-    if w.numel() != like.shape[0]:
-        raise ValueError(f"weight has {w.numel()} entries for a batch of {like.shape[0]}")
-    return w
+    return per_sample(1.0 if weight is None else weight, like, "weight")
 
 
 def weighted_mean(per_sample: torch.Tensor, weight: float | torch.Tensor | None) -> torch.Tensor:
@@ -66,7 +60,7 @@ def call_objective(name: str, model: torch.nn.Module, x: torch.Tensor, y: torch.
     """Run OBJECTIVES[name], passing only the keyword arguments it declares (all of them if it
     takes **kwargs). Values that are None count as "not offered", so the function's default
     applies. Unknown names raise ValueError listing the registered ones."""
-    from . import OBJECTIVES  # the registry lives in the package __init__
+    from . import OBJECTIVES  # import cycle: the registry in the package __init__ imports this module
 
     try:
         fn: Callable[..., ObjectiveOutput] = OBJECTIVES[name]

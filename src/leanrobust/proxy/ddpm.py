@@ -18,12 +18,11 @@ from .. import __version__
 from ..data.sources import load_images
 from ..ema import EMA
 from ..io import load_checkpoint, load_weights, read_metadata, save_checkpoint, save_weights, truncate_jsonl, write_text
+from ..runs import CONFIG, METRICS, WEIGHTS, resolve_device
 from .generator_config import SynthConfig
 
 LATEST = "latest"            # text file naming the newest complete checkpoint directory
 CKPT_DIR = "checkpoints"
-CONFIG = "config.yaml"
-METRICS = "metrics.jsonl"
 
 
 # ----------------------------------------------------------------------------- network
@@ -62,8 +61,6 @@ class GeneratorTrainer:
     interrupted and resumed run follows the same trajectory as an uninterrupted one."""
 
     def __init__(self, cfg: SynthConfig, run_dir: str | Path | None = None):
-        from ..train import resolve_device  # the trainer module is heavy (models, attacks, evaluation)
-
         self.cfg = cfg
         self.dir = Path(run_dir or cfg.out)
         self.device = resolve_device(cfg.device)
@@ -142,7 +139,7 @@ class GeneratorTrainer:
     def save(self) -> Path:
         d = self.dir / CKPT_DIR / f"step_{self.step:07d}"
         meta = self.metadata()
-        save_weights(d / "model.safetensors", self.unet, meta)
+        save_weights(d / WEIGHTS, self.unet, meta)
         save_weights(d / "ema.safetensors", self.ema.model if self.ema else self.unet, meta)
         save_checkpoint(d / "state.pt", {"step": self.step, "optimizer": self.opt.state_dict(),
                                          "ema_steps": self.ema.steps if self.ema else 0, "seconds": self.seconds})
@@ -160,7 +157,7 @@ class GeneratorTrainer:
             return False
         d = self.dir / CKPT_DIR / read_latest(self.dir)
         state = load_checkpoint(d / "state.pt")
-        self.unet.load_state_dict(load_weights(d / "model.safetensors"))
+        self.unet.load_state_dict(load_weights(d / WEIGHTS))
         if self.ema:
             self.ema.model.load_state_dict(load_weights(d / "ema.safetensors"))
             self.ema.steps = int(state["ema_steps"])
@@ -246,7 +243,7 @@ def checkpoint_file(run: str | Path, step: int | None = None, ema: bool = True) 
     if not d.is_dir():
         have = ", ".join(sorted(p.name for p in (run / CKPT_DIR).glob("step_*")))
         raise ValueError(f"{run}: no checkpoint for step {step}; kept: {have}")
-    return d / ("ema.safetensors" if ema else "model.safetensors")
+    return d / ("ema.safetensors" if ema else WEIGHTS)
 
 
 def load_generator(run: str | Path, step: int | None = None, *, ema: bool = True, device="cpu") -> Generator:

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import load_npz
+from ..data import load_npz, to_float
+from ..io import write_npz
 
 REAL, GENERATED = 0, 1  # discriminator classes, as Pool.origin
 
@@ -24,7 +25,7 @@ def predict_proba(model: nn.Module, images: torch.Tensor, *, batch_size: int = 5
     out = []
     for i in range(0, len(images), batch_size):
         xb = images[i:i + batch_size].to(device)
-        xb = xb.float() / 255 if not xb.is_floating_point() else xb.float()
+        xb = to_float(xb)
         out.append(model(xb).float().softmax(1).cpu())
     model.train(was)
     return torch.cat(out) if out else torch.zeros(0, 0)
@@ -60,8 +61,6 @@ def filter_npz(src: str | Path, out: str | Path, *, by: str, model: nn.Module, k
                batch_size: int = 500, device=None) -> dict:
     """Score the samples of `src` (by 'confidence' or 'realism'), keep the top `keep` per class, and
     write them (image uint8 NxHxWxC, label int64, score float32) to `out` atomically."""
-    from ..io import atomic_write
-
     images, labels = load_npz(src)
     if by == "confidence":
         scores = confidence_scores(model, images, labels, batch_size=batch_size, device=device)
@@ -70,13 +69,8 @@ def filter_npz(src: str | Path, out: str | Path, *, by: str, model: nn.Module, k
     else:
         raise ValueError(f"unknown filter {by!r}; expected confidence or realism")
     idx = keep_top_per_class(scores, labels, keep)
-
-    def write(tmp: Path):
-        with open(tmp, "wb") as f:
-            np.savez(f, image=images[idx].permute(0, 2, 3, 1).numpy(), label=labels[idx].numpy(),
-                     score=scores[idx].numpy().astype(np.float32))
-
-    atomic_write(out, write)
+    write_npz(out, image=images[idx].permute(0, 2, 3, 1).numpy(), label=labels[idx].numpy(),
+              score=scores[idx].numpy().astype(np.float32))
     return {"out": str(out), "kept": len(idx), "of": len(labels), "by": by, "keep": keep,
             "score_kept_min": float(scores[idx].min()) if len(idx) else None,
             "score_mean": float(scores.mean()) if len(scores) else None}

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+from ..data.augment import to_float
 from ..io import write_shards
 from .ddpm import Generator, load_generator
 
@@ -88,7 +89,7 @@ def sample_to_npz(run: str | Path, out: str | Path, n: int, *, steps: int = 50, 
     (pseudo-labels, as Sehwag et al. do for unconditional generators). Batch i uses noise seeded by
     (seed, i), so resumed output is identical to an uninterrupted run."""
     from ..api import load  # api sits above the methods (it reaches the trainer and the report): import when used
-    from ..train import resolve_device  # the trainer module is heavy (models, attacks, evaluation)
+    from ..runs import resolve_device
 
     dev = resolve_device(device)
     gen = load_generator(run, step, ema=ema, device=dev)
@@ -112,7 +113,7 @@ def sample_to_npz(run: str | Path, out: str | Path, n: int, *, steps: int = 50, 
         images = generate(gen, y, n=size, steps=steps, scheduler=scheduler, guidance=guidance, generator=g)
         if clf is not None:
             with torch.no_grad():
-                y = clf(images.to(dev).float() / 255).argmax(1).cpu()
+                y = clf(to_float(images.to(dev))).argmax(1).cpu()
         return images, y
 
     return write_shards(out, plan, make_batch, n, batch_size, progress=progress, stop_after=stop_after,

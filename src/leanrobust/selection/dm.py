@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..data.augment import to_float
 from .random_subset import _labels_numpy, class_budgets
 
 DSA_STRATEGY = ("color", "crop", "cutout", "flip", "scale", "rotate")
@@ -160,7 +161,7 @@ def dm_condense(images_uint8, labels, *, ipc: int, iterations: int, batch_real: 
     dev = torch.device(device) if device is not None else x_all.device
     C = x_all.shape[1]
 
-    x = x_all.to(dev).float().div_(255.0)
+    x = to_float(x_all.to(dev))
     mean_t = (x.mean(dim=(0, 2, 3)) if mean is None else torch.as_tensor(mean, dtype=torch.float32, device=dev)).reshape(1, C, 1, 1)
     std_t = (x.std(dim=(0, 2, 3)) if std is None else torch.as_tensor(std, dtype=torch.float32, device=dev)).reshape(1, C, 1, 1)
     std_t = std_t.clamp_min(1e-6)

@@ -87,7 +87,7 @@ def _nnls_pg(G: np.ndarray, c: np.ndarray, w0: np.ndarray, *, iters: int, tol: f
 def _top_eig(G: np.ndarray) -> float:
     """Largest eigenvalue of the symmetric PSD G by Lanczos (ARPACK, relative tol 1e-8), with a 1%
     margin so that 1/L stays a safe FISTA step (a power iteration approaches it from below)."""
-    from scipy.sparse.linalg import ArpackError, eigsh
+    from scipy.sparse.linalg import ArpackError, eigsh  # heavy (about 0.5 s to import), needed only here
 
     G64 = G.astype(np.float64, copy=False)
     if not G64.any():

@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..data.pool import largest_remainder
 from .selection import Selection
 
 PRUNE_MODES = ("highest", "lowest")
@@ -54,19 +55,14 @@ def resolve_count(n: int, *, fraction: Optional[float] = None, count: Optional[i
 
 def class_quotas(labels, total: int) -> dict[int, int]:
     """Split `total` over the classes present in proportion to their sizes, largest-remainder
-    rounding (ties: smaller class id first): every class gets floor or ceil of its exact share
-    total * n_c / N, so it differs from proportional by < 1 and never exceeds n_c."""
+    rounding (data.pool.largest_remainder; ties: smaller class id first): every class gets floor or
+    ceil of its exact share total * n_c / N, so it differs from proportional by < 1 and never exceeds n_c."""
     y = _labels(labels)
     classes, counts = np.unique(y, return_counts=True)
     n = int(counts.sum())
     if not 0 <= total <= n:
         raise ValueError(f"total must be in [0, {n}], got {total}")
-    exact = counts.astype(np.float64) * total / n
-    quota = np.floor(exact).astype(np.int64)
-    rest = total - int(quota.sum())
-    order = np.lexsort((classes, -(exact - quota)))  # largest remainder first, then class id
-    quota[order[:rest]] += 1
-    return {int(c): int(q) for c, q in zip(classes, quota)}
+    return {int(c): int(q) for c, q in zip(classes, largest_remainder(counts, total))}
 
 
 def keep_order(scores: np.ndarray, idx: np.ndarray, prune: str) -> np.ndarray:

@@ -21,40 +21,35 @@ from ..objectives import probabilistic_margin
 
 @dataclass(frozen=True)
 class Scorer:
-    """name; high: what a high score means ("easy" or "hard"); doc: what is computed;
-    params: the keyword parameters it reads; model: whether it needs a model."""
+    """name; doc: what is computed; params: the keyword parameters it reads; model: whether it needs a model.
+    Which end of a score is pruned is the selection method's (registry.py)."""
     name: str
-    high: str
     doc: str
     params: tuple = ()
     model: bool = True
 
 
 SCORERS: dict[str, Scorer] = {s.name: s for s in [
-    Scorer("margin", "easy",
-           "DeepFool distance to the nearest decision boundary in input space (attack norm = `norm`, or "
+    Scorer("margin", "DeepFool distance to the nearest decision boundary in input space (attack norm = `norm`, or "
            "margin_norm; 50 steps, overshoot 0.02, the top deepfool_candidates=10 classes, unclipped iterates unless "
            "deepfool_clip=True); signed=True "
            "(default) makes it negative for samples the model misclassifies",
            ("deepfool_steps", "overshoot", "signed", "margin_norm", "deepfool_candidates", "deepfool_clip")),
-    Scorer("kappa", "easy",
-           "GAIRAT kappa: PGD iterates (random start, `steps` steps, eval mode) still classified correctly",
+    Scorer("kappa", "GAIRAT kappa: PGD iterates (random start, `steps` steps, eval mode) still classified correctly",
            ("step_size", "random_start")),
-    Scorer("loss", "hard", "cross-entropy at the end point of `steps`-step PGD (random start)",
+    Scorer("loss", "cross-entropy at the end point of `steps`-step PGD (random start)",
            ("step_size", "random_start")),
-    Scorer("el2n", "hard", "EL2N ||softmax(f(x)) - onehot(y)||_2 on clean inputs, or on PGD inputs "
+    Scorer("el2n", "EL2N ||softmax(f(x)) - onehot(y)||_2 on clean inputs, or on PGD inputs "
            "with adversarial=True", ("adversarial", "step_size", "random_start")),
-    Scorer("grand", "hard",
-           "GraNd: per-sample norm of the LAST-LAYER cross-entropy gradient, closed form "
+    Scorer("grand", "GraNd: per-sample norm of the LAST-LAYER cross-entropy gradient, closed form "
            "||p - onehot|| * sqrt(||h||^2 + 1) (h: input of the last nn.Linear, +1 for its bias); "
            "clean inputs, or PGD inputs with adversarial=True. Not the full-network gradient",
            ("adversarial", "step_size", "random_start")),
-    Scorer("pm", "hard", "MAIL probabilistic margin max_{k!=y} p_k - p_y on the PGD example",
+    Scorer("pm", "MAIL probabilistic margin max_{k!=y} p_k - p_y on the PGD example",
            ("step_size", "random_start")),
-    Scorer("forgetting", "hard",
-           "forgetting events (correct -> incorrect transitions) counted by a ForgettingTracker passed "
+    Scorer("forgetting", "forgetting events (correct -> incorrect transitions) counted by a ForgettingTracker passed "
            "as tracker=; never-learned samples score above any possible count", ("tracker",), model=False),
-    Scorer("random", "neither", "uniform [0, 1) from numpy's default_rng(seed)", (), model=False),
+    Scorer("random", "uniform [0, 1) from numpy's default_rng(seed)", (), model=False),
 ]}
 
 
@@ -308,7 +303,7 @@ def compute_scores(model: Optional[nn.Module], images_uint8: torch.Tensor, label
     """One score per pool sample, float32 (N,). method: a key of SCORERS (margin, kappa, loss,
     el2n, grand, pm, forgetting, random); params: that scorer's keyword parameters (SCORERS[m].params),
     anything else is a ValueError. eps/norm/steps: the PGD used by kappa, loss, pm and adversarial
-    el2n/grand; norm is also DeepFool's norm for margin. See SCORERS[method].high for direction."""
+    el2n/grand; norm is also DeepFool's norm for margin. Which end is pruned: selection/registry.py."""
     _check_method(method)
     return compute_score_table(model, images_uint8, labels, [method], eps=eps, norm=norm, steps=steps,
                                batch_size=batch_size, device=device, seed=seed, progress=progress, **params)[method]

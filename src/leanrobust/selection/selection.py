@@ -1,5 +1,5 @@
 """The one contract every data-selection method produces: which pool samples are used,
-how much each counts, and how hard each is attacked (DESIGN.md)."""
+how much each counts, and how hard each is attacked (docs/architecture.md, "selection/")."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..data.fingerprint import KEY, fingerprint_array, read_fingerprint
+from ..io import write_npz
 
 
 @dataclass
@@ -55,18 +58,13 @@ class Selection:
 
     def save(self, path: str | Path, fingerprint: Optional[dict] = None, **extra: np.ndarray) -> None:
         """Write as .npz (no pickles): keys indices, weight, eps, the pool fingerprint (`fingerprint`, else the
-        selection's own; a JSON string under `pool_fingerprint`) when known, plus any extra arrays."""
-        from ..data.fingerprint import KEY, fingerprint_array
-
+        selection's own; a JSON string under `pool_fingerprint`) when known, plus any extra arrays. Atomic
+        (io.write_npz)."""
         fp = fingerprint if fingerprint is not None else self.pool_fingerprint
         if fp is not None:
             extra[KEY] = fingerprint_array(fp)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, indices=self.indices.numpy(), weight=self.weight.numpy(), eps=self.eps.numpy(),
-                 **{k: np.asarray(v) for k, v in extra.items()})
-        tmp.replace(path)
+        write_npz(path, indices=self.indices.numpy(), weight=self.weight.numpy(), eps=self.eps.numpy(),
+                  **{k: np.asarray(v) for k, v in extra.items()})
 
     @classmethod
     def load(cls, path: str | Path) -> "Selection":
@@ -74,8 +72,6 @@ class Selection:
         array with one finite, non-negative weight and eps each (or one for all), an empty selection, and
         weights that are all zero (nothing would train). The pool fingerprint, when the file has one, becomes
         `pool_fingerprint` (checked against the pool by whoever uses the indices: the Trainer)."""
-        from ..data.fingerprint import read_fingerprint
-
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{path}: selection file does not exist")

@@ -1,91 +1,31 @@
 """The `leanrobust score` and `leanrobust select` commands: per-sample scores of a config's training
-pool written to an npz, and a Selection (pruning or PUMA) made from such a file. Both files carry the pool's
-fingerprint (data/fingerprint.py), so `train` refuses a Selection made on another pool."""
+pool written to a scores file (selection/scores_file.py), and a Selection made from such a file by the method
+table's select_from_scores (selection/registry.py). Both files carry the pool's fingerprint
+(data/fingerprint.py), so `train` refuses a Selection made on another pool."""
 from __future__ import annotations
 
-import json
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 import typer
 
-SCORE_KEYS = ("scores", "labels", "indices")
-
-
-def _parse_params(items: Optional[List[str]]) -> dict:
-    import yaml
-
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"--param {item!r} is not of the form key=value")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError:
-            out[k.strip()] = v
-    return out
-
-
-def write_scores(path: Path, scores, labels, indices, is_generated, meta: dict,
-                 fingerprint: Optional[dict] = None) -> None:
-    """npz without pickles: scores float32, labels int64, indices int64 (pool indices),
-    is_generated bool, meta (a JSON string: method, eps, norm, ...), method (string), and the scored pool's
-    fingerprint (a JSON string under pool_fingerprint) when given."""
-    from .data.fingerprint import KEY, fingerprint_array
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    extra = {KEY: fingerprint_array(fingerprint)} if fingerprint is not None else {}
-    np.savez(tmp, scores=np.asarray(scores, np.float32), labels=np.asarray(labels, np.int64),
-             indices=np.asarray(indices, np.int64), is_generated=np.asarray(is_generated, bool),
-             meta=np.array(json.dumps(meta)), method=np.array(str(meta.get("method", ""))), **extra)
-    tmp.replace(path)
-
-
-def read_scores(path: Path) -> tuple[dict, dict]:
-    """(arrays, meta) of a scores npz, meta["pool_fingerprint"] the scored pool's fingerprint (None when the file
-    has none); ValueError naming the file and the problem."""
-    from .data.fingerprint import KEY, read_fingerprint
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such scores file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in SCORE_KEYS if k not in z.files]
-            if missing:
-                raise ValueError(f"{path}: not a scores file, missing keys {missing}")
-            arrays = {k: z[k] for k in z.files if k not in ("meta", "method", KEY)}
-            meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
-            if not isinstance(meta, dict):
-                raise ValueError(f"{path}: meta must be a JSON object")
-            meta[KEY] = read_fingerprint(z, path)
-    except (OSError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read scores npz ({e})") from e
-    n = arrays["scores"].shape[0]
-    for k in ("labels", "indices"):
-        if arrays[k].shape != (n,):
-            raise ValueError(f"{path}: {k} has shape {arrays[k].shape}, expected ({n},)")
-    return arrays, meta
+from .common import KNOWN_ERRORS, fail
 
 
 def _warmup_model(cfg, epochs: int):
     """Train the first `epochs` epochs of cfg on the full pool, in memory, under cfg's own schedule (the
     learning rate and epoch-dependent objectives as in those epochs of the full run, not a schedule
     squeezed into the warm-up). Returns the model training would evaluate (the EMA when cfg keeps one)."""
-    from .train import Trainer
+    from ..train import Trainer  # looked up at call time
 
     raw = cfg.model_dump()
     raw["optim"]["epochs"] = max(epochs, cfg.optim.epochs)
     raw["selection"] = {}  # the warm-up trains on the full pool: no selection settings at all
     raw["data"]["selection"] = None
     raw["data"]["weighting"] = "loss"
-    from .config import validate_config
+    from ..config import validate_config
 
     wcfg = validate_config(raw, "warm-up")
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +37,6 @@ def _warmup_model(cfg, epochs: int):
 
 def register(app: typer.Typer) -> None:
     """Add the `score` and `select` commands to the leanrobust app."""
-    from .cli_common import KNOWN_ERRORS, fail as _fail
 
     @app.command()
     def score(config: Path = typer.Argument(..., help="YAML experiment file (its data section defines the pool)"),
@@ -111,12 +50,14 @@ def register(app: typer.Typer) -> None:
               batch_size: int = typer.Option(256, min=1),
               ) -> None:
         """Score every sample of the config's training pool (real then generated) with a model."""
-        from . import load
-        from .config import load_config
-        from .data.build import build_training_data
-        from .data.fingerprint import run_fingerprint
-        from .selection.scores import SCORERS, compute_scores
-        from .train import resolve_device
+        from .. import load
+        from ..config import apply_overrides, load_config
+        from ..data.build import build_training_data
+        from ..data.fingerprint import run_fingerprint
+        from ..runs import resolve_device
+        from ..selection.registry import METHODS
+        from ..selection.scores import SCORERS, compute_scores
+        from ..selection.scores_file import write_scores
 
         try:
             cfg = load_config(config, set_ or [])
@@ -125,7 +66,7 @@ def register(app: typer.Typer) -> None:
             if method == "forgetting":
                 raise ValueError("forgetting events are counted during training; use selection.method "
                                  "'forgetting' in the config instead of `leanrobust score`")
-            params = _parse_params(param)
+            params = apply_overrides({}, param or [])
             dev = resolve_device(cfg.device)
             net = None
             if model is not None:
@@ -148,11 +89,11 @@ def register(app: typer.Typer) -> None:
                                     batch_size=batch_size, device=dev, seed=cfg.seed, progress=cfg.progress, **params)
             meta = {"method": method, "eps": o.eps, "norm": o.norm, "steps": o.steps, "params": params,
                     "model": model_desc, "config": str(config), "overrides": list(set_ or []), "seed": cfg.seed,
-                    "n": len(pool), "high": SCORERS[method].high}
+                    "n": len(pool), "prune": METHODS[method].prune}
             write_scores(out, scores, pool.labels.cpu().numpy(), np.arange(len(pool)),
                          pool.is_generated.cpu().numpy(), meta, fingerprint=fingerprint)
         except KNOWN_ERRORS as e:
-            _fail(e)
+            fail(e)
         typer.echo(f"wrote {out}: {len(scores)} {method} scores (mean {float(np.mean(scores)):.4g}, "
                    f"min {float(np.min(scores)):.4g}, max {float(np.max(scores)):.4g})")
 
@@ -172,11 +113,10 @@ def register(app: typer.Typer) -> None:
                eps: Optional[float] = typer.Option(None, "--eps", help="training eps (default: the scores' eps)"),
                ) -> None:
         """Make a Selection (indices, weight, eps) from a scores file."""
-        from .data.fingerprint import train_hint
-        from .selection.dynamic import DEFAULT_PRUNE, resolve_prune
-        from .selection.pruning import select_by_score
-        from .selection.puma import puma_selection
-        from .selection.selection import Selection
+        from ..data.fingerprint import train_hint
+        from ..selection.registry import METHODS, resolve_prune, select_from_scores
+        from ..selection.scores_file import read_scores
+        from ..selection.selection import Selection
 
         try:
             arrays, meta = read_scores(scores_path)
@@ -184,34 +124,24 @@ def register(app: typer.Typer) -> None:
             if base_eps is None:
                 raise ValueError(f"{scores_path} records no eps; pass --eps (the training radius)")
             s, y = arrays["scores"], arrays["labels"]
-            if prune == "auto" and puma:
-                prune = "highest"  # PUMA's rule (its margins may come from a file that names no method)
-            elif prune == "auto":
-                method = meta.get("method")
-                if DEFAULT_PRUNE.get(method) is None:
-                    raise ValueError(f"--prune auto: {scores_path} records no known scoring method ({method!r}); "
-                                     "pass --prune highest or --prune lowest")
-                prune = resolve_prune(method, "auto")
-            elif prune not in ("highest", "lowest"):
-                raise ValueError(f"--prune must be highest, lowest or auto, got {prune!r}")
-            if not puma:
-                unused = [f"--{k}" for k, v, d in (("q", q, 0.1), ("floor", floor, 0.0), ("scale", scale, 1.0)) if v != d]
-                if unused:
-                    raise ValueError(f"{', '.join(unused)} only apply with --puma")
+            recorded = meta.get("method")
             if puma:
-                if meta.get("method") not in (None, "margin"):
-                    raise ValueError(f"--puma needs margin scores, {scores_path} holds {meta.get('method')!r}")
-                if prune != "highest":
-                    raise ValueError("--puma always prunes the highest margins; drop --prune lowest")
+                method = "puma"
+                if recorded not in (None, METHODS[method].scorer):
+                    raise ValueError(f"--puma needs margin scores, {scores_path} holds {recorded!r}")
                 margin_norm = (meta.get("params") or {}).get("margin_norm")
                 if margin_norm and meta.get("norm") and margin_norm != meta["norm"]:
                     raise ValueError(f"--puma: {scores_path} holds {margin_norm} margins but its eps is in "
                                      f"{meta['norm']}; PUMA's radii need margins in the training norm")
-                sel = puma_selection(s, y, fraction=fraction, eps=float(base_eps), q=q, floor=floor, scale=scale,
-                                     class_balanced=class_balanced)
-            else:
-                sel = select_by_score(s, y, fraction=fraction, prune=prune, class_balanced=class_balanced,
-                                      eps=float(base_eps))
+            else:  # the scores ranked as they are; the recorded method gives the end pruned under auto
+                method = recorded if recorded in METHODS and METHODS[recorded].ranks_scores else None
+                unused = [f"--{k}" for k, v, d in (("q", q, 0.1), ("floor", floor, 0.0), ("scale", scale, 1.0)) if v != d]
+                if unused:
+                    raise ValueError(f"{', '.join(unused)} only apply with --puma")
+            prune = resolve_prune(method, prune, setting="--prune", subject="--puma" if puma else
+                                  f"{scores_path} records no known scoring method ({recorded!r})")
+            sel = select_from_scores(method, s, y, fraction=fraction, prune=prune, class_balanced=class_balanced,
+                                     eps=float(base_eps), params={"q": q, "floor": floor, "scale": scale})
             pool_idx = arrays["indices"][sel.indices.numpy()]
             import torch
 
@@ -221,7 +151,7 @@ def register(app: typer.Typer) -> None:
                               pool_fingerprint=fp)
             final.save(out)
         except KNOWN_ERRORS as e:
-            _fail(e)
+            fail(e)
         lowered = int((final.eps < float(base_eps)).sum())
         typer.echo(f"wrote {out}: {len(final)} of {len(s)} samples"
                    + (f", {lowered} with eps < {base_eps:g}" if puma else ""))

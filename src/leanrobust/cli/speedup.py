@@ -7,10 +7,11 @@ from typing import List, Optional
 
 import typer
 
+from .common import KNOWN_ERRORS, echo_outputs, fail
+
 
 def register(app: typer.Typer) -> None:
     """Add the `speedup` command to the leanrobust app."""
-    from .cli_common import KNOWN_ERRORS, echo_outputs, fail as _fail
 
     @app.command()
     def speedup(paths: List[Path] = typer.Argument(..., help="run directories (finished or not), or folders holding "
@@ -28,11 +29,11 @@ def register(app: typer.Typer) -> None:
                 seed: int = typer.Option(0, "--seed", help="bootstrap seed"),
                 ) -> None:
         """Compute (grad evals, seconds) to reach a target held-out robust accuracy, and speed-up over a baseline."""
-        from .speedup import build_speedup, to_markdown, write_speedup
+        from ..speedup import build_speedup, to_markdown, write_speedup
 
         try:
             res = build_speedup(list(paths), baseline, target=target, drop=drop, metric=metric, boot=boot, seed=seed)
             files = write_speedup(res, out)
         except KNOWN_ERRORS as e:
-            _fail(e)
+            fail(e)
         echo_outputs(res.to_dict(), to_markdown(res), files, as_json)

@@ -1,21 +1,27 @@
-"""The `leanrobust` command line: train, resume, evaluate and report (more commands per method)."""
+"""The commands on runs: train, resume, eval, report, export and `config show`."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from .cli_common import KNOWN_ERRORS, echo_outputs
-from .cli_common import fail as _fail
-
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Adversarially robust image classifiers with less data and less compute.")
+from .common import KNOWN_ERRORS, echo_outputs, fail
 
 
-@app.command()
+def register(app: typer.Typer) -> None:
+    """Add train, resume, eval, report, export and the `config` group to the leanrobust app."""
+    app.command()(train)
+    app.command()(resume)
+    app.command("eval")(eval_)
+    app.command()(report)
+    app.command()(export)
+    config_app = typer.Typer(no_args_is_help=True, help="Inspect experiment configs.")
+    app.add_typer(config_app, name="config")
+    config_app.command("show")(config_show)
+
+
 def train(config: Path = typer.Argument(..., help="YAML experiment file"),
           set_: Optional[List[str]] = typer.Option(None, "--set", help="override, e.g. --set optim.epochs=2"),
           out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/<name>)"),
@@ -24,36 +30,36 @@ def train(config: Path = typer.Argument(..., help="YAML experiment file"),
                                        "without writing anything"),
           ) -> None:
     """Train a model, evaluate it on the test set and write a run directory."""
-    from .config import load_config
-    from .train import SUMMARY, Trainer
+    from ..config import load_config
+    from ..runs import CHECKPOINT, SUMMARY
+    from ..train import Trainer
 
     try:
         cfg = load_config(config, set_ or [])
         run_dir = out or Path("runs") / cfg.name
         if dry_run:
-            from .api import dry_run as _dry_run
+            from ..api import dry_run as _dry_run
 
             _print_dry_run(_dry_run(cfg, run_dir), run_dir)
             return
         if (run_dir / SUMMARY).exists():
             raise ValueError(f"{run_dir} already holds a finished run; choose another --out")
-        if (run_dir / "checkpoint.pt").exists():
+        if (run_dir / CHECKPOINT).exists():
             raise ValueError(f"{run_dir} holds an unfinished run; continue it with `leanrobust resume {run_dir}`")
         summary = Trainer(cfg, run_dir).fit()
     except KNOWN_ERRORS as e:
-        _fail(e)
+        fail(e)
     _print_summary(summary, run_dir)
 
 
-@app.command()
 def resume(run_dir: Path = typer.Argument(..., help="run directory of an interrupted run")) -> None:
     """Continue an interrupted run from its last checkpoint."""
-    from .train import resume as _resume
+    from ..train import resume as _resume
 
     try:
         summary = _resume(run_dir)
     except KNOWN_ERRORS as e:
-        _fail(e)
+        fail(e)
     _print_summary(summary, run_dir)
 
 
@@ -64,7 +70,6 @@ def eval_file_name(res: dict, attacks: list[str], aa_version: str, seed: int) ->
     return f"eval_{res['norm']}_{res['eps']:g}_{res['n']}_{tag}_seed{seed}.json"
 
 
-@app.command("eval")
 def eval_(run_dir: Optional[Path] = typer.Argument(None, help="run directory, a model.safetensors or exported "
                                                               "file, or the weights of --model"),
           attacks: str = typer.Option("pgd20,cw20,pgd20x10,autoattack",
@@ -87,11 +92,11 @@ def eval_(run_dir: Optional[Path] = typer.Argument(None, help="run directory, a 
           ) -> None:
     """Evaluate a trained model, or any model (--model), under clean and robust accuracy per attack.
     Under torchrun the test points are split over the ranks and rank 0 writes the merged result."""
-    from . import distributed
-    from .api import eval_target
-    from .evaluate import evaluate_model, parse_attacks
-    from .io import write_json
-    from .train import resolve_device
+    from .. import distributed
+    from ..api import eval_target
+    from ..evaluate import evaluate_model, parse_attacks
+    from ..io import write_json
+    from ..runs import resolve_device
 
     try:
         attack_list = parse_attacks(attacks)
@@ -106,7 +111,7 @@ def eval_(run_dir: Optional[Path] = typer.Argument(None, help="run directory, a 
         if target.state_dir is not None and distributed.is_main():
             write_json(target.state_dir / eval_file_name(res, attack_list, aa_version, seed), res)
     except KNOWN_ERRORS as e:
-        _fail(e)
+        fail(e)
     if not distributed.is_main():
         return
     if as_json:
@@ -115,7 +120,6 @@ def eval_(run_dir: Optional[Path] = typer.Argument(None, help="run directory, a 
         _print_accuracies(res)
 
 
-@app.command()
 def report(paths: List[Path] = typer.Argument(..., help="run directories, or folders holding them"),
            attack: Optional[str] = typer.Option(None, help="rank by this attack (default: AutoAttack if every run has "
                                                            "it, else the strongest attack every run has)"),
@@ -123,13 +127,13 @@ def report(paths: List[Path] = typer.Argument(..., help="run directories, or fol
            as_json: bool = typer.Option(False, "--json/--no-json", help="print JSON only"),
            ) -> None:
     """Compare finished runs: a table and the accuracy-robustness trade-off plot."""
-    from .report import build_report, to_markdown, write_report
+    from ..report import build_report, to_markdown, write_report
 
     try:
         rep = build_report(list(paths), attack=attack)
         files = write_report(rep, out)
     except KNOWN_ERRORS as e:
-        _fail(e)
+        fail(e)
     echo_outputs(rep.to_dict(), to_markdown(rep), files, as_json)
 
 
@@ -143,7 +147,7 @@ def _print_accuracies(res: dict) -> None:
         for reason in masking["reasons"]:
             typer.secho(f"WARNING likely gradient masking: {reason}", fg=typer.colors.YELLOW)
     elif masking:
-        from .masking import attack_label
+        from ..masking import attack_label
 
         gaps = list(masking.get("gaps", {}).values())
         typer.echo("masking check: no flag (" + ", ".join(
@@ -168,7 +172,7 @@ def _print_dry_run(d: dict, run_dir: Path) -> None:
 
 
 def _print_summary(summary: Optional[dict], run_dir: Path) -> None:
-    from .distributed import is_main
+    from ..distributed import is_main
 
     if not is_main():  # torchrun: rank 0 speaks for the run
         return
@@ -181,73 +185,32 @@ def _print_summary(summary: Optional[dict], run_dir: Path) -> None:
                f"{summary['samples_seen']:,} samples seen")
 
 
-@app.command()
 def export(run_dir: Path = typer.Argument(..., help="a finished run directory"),
            out: Path = typer.Argument(..., metavar="OUT.safetensors", help="file to write"),
            ) -> None:
     """Write a finished run as one safetensors file with its metadata (architecture, normalisation, dataset,
     threat model, evaluation results), readable by `leanrobust.load` and `leanrobust eval OUT`."""
-    from .api import export as _export, model_info
+    from ..api import export as _export, model_info
 
     try:
         path = _export(run_dir, out)
         info = model_info(path)
     except KNOWN_ERRORS as e:
-        _fail(e)
+        fail(e)
     tm, ev = info["threat_model"], info["eval"]
     robust = ", ".join(f"{k} {100 * v['acc']:.2f}% (n={v['n']})" for k, v in ev["robust_acc"].items())
     typer.echo(f"wrote {path}: {info['model']['name']} on {info['dataset']['name']}, {tm['norm']} eps={tm['eps']:g}; "
                f"clean {100 * ev['clean_acc']:.2f}% (n={ev['n']}){'; ' + robust if robust else ''}")
 
 
-config_app = typer.Typer(no_args_is_help=True, help="Inspect experiment configs.")
-app.add_typer(config_app, name="config")
-
-
-@config_app.command("show")
 def config_show(config: Optional[Path] = typer.Argument(None, help="YAML experiment file (none: the defaults)"),
                 set_: Optional[List[str]] = typer.Option(None, "--set", help="override, e.g. --set optim.epochs=2"),
                 ) -> None:
     """Print the resolved config: every setting, defaults included, after --set overrides."""
-    from .config import dump_config, load_config
+    from ..config import dump_config, load_config
 
     try:
         cfg = load_config(config, set_ or [])
     except KNOWN_ERRORS as e:
-        _fail(e)
+        fail(e)
     typer.echo(dump_config(cfg), nl=False)
-
-
-def _version(value: bool) -> None:
-    if value:
-        from . import __version__
-
-        typer.echo(f"leanrobust {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="print the version and exit")) -> None:
-    """Adversarially robust image classifiers with less data and less compute."""
-
-
-def _register_commands() -> None:
-    """Method-specific commands live beside their methods, one module per area."""
-    from . import cli_compress, cli_proxy, cli_selection, cli_speedup
-
-    cli_selection.register(app)
-    cli_compress.register(app)
-    cli_proxy.register(app)
-    cli_speedup.register(app)
-
-
-_register_commands()
-
-
-def main() -> None:  # pragma: no cover
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

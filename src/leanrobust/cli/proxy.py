@@ -8,8 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from .cli_common import KNOWN_ERRORS
-from .cli_common import fail as _fail
+from .common import KNOWN_ERRORS, fail
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -39,14 +38,14 @@ def register_synth(app: typer.Typer) -> None:
                                                              help="stop after this many steps in total (resumable)"),
                     ) -> None:
         """Train (or resume) a class-conditional diffusion generator on a real training set."""
-        from .proxy.ddpm import GeneratorTrainer
-        from .proxy.generator_config import load_synth_config
+        from ..proxy.ddpm import GeneratorTrainer
+        from ..proxy.generator_config import load_synth_config
 
         try:
             cfg = load_synth_config(config, set_ or [])
             res = GeneratorTrainer(cfg, out or cfg.out).fit(stop_after=stop_after)
         except KNOWN_ERRORS as e:
-            _fail(e)
+            fail(e)
         typer.echo(f"{res['run_dir']}: step {res['step']}/{cfg.steps}, {res['seconds']:.0f}s of training; "
                    f"checkpoints {', '.join(res['checkpoints'])}")
 
@@ -69,14 +68,14 @@ def register_synth(app: typer.Typer) -> None:
                      overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite", help="replace an existing OUT"),
                      ) -> None:
         """Sample a labelled npz (image uint8 NxHxWxC, label int64); a rerun resumes from OUT.parts/."""
-        from .proxy.sampling import sample_to_npz
+        from ..proxy.sampling import sample_to_npz
 
         try:
             res = sample_to_npz(run, out, n, steps=steps, scheduler=scheduler, per_class=per_class, guidance=guidance,
                                 batch_size=batch_size, seed=seed, step=checkpoint, ema=ema, label_with=label_with,
                                 device=device, overwrite=overwrite)
         except KNOWN_ERRORS as e:
-            _fail(e)
+            fail(e)
         typer.echo(f"wrote {res['out']}: {res['n']} images ({res['new_batches']} new shards, "
                    f"{res['reused_batches']} resumed)")
 
@@ -90,12 +89,12 @@ def register_synth(app: typer.Typer) -> None:
                        overwrite: bool = typer.Option(False, "--overwrite/--no-overwrite"),
                        ) -> None:
         """Crude per-class Gaussian proxy data (the bottom of the quality ladder)."""
-        from .proxy.gaussian import gaussian_to_npz
+        from ..proxy.gaussian import gaussian_to_npz
 
         try:
             res = gaussian_to_npz(real, out, n, rank=rank, per_class=per_class, seed=seed, overwrite=overwrite)
         except KNOWN_ERRORS as e:
-            _fail(e)
+            fail(e)
         typer.echo(f"wrote {res['out']}: {res['n']} images")
 
     @synth.command("filter")
@@ -109,16 +108,16 @@ def register_synth(app: typer.Typer) -> None:
                      device: str = typer.Option("auto", "--device"),
                      ) -> None:
         """Keep the top share of each class by classifier confidence or discriminator realism."""
-        from . import load
-        from .proxy.filtering import filter_npz
-        from .train import resolve_device
+        from .. import load
+        from ..proxy.filtering import filter_npz
+        from ..runs import resolve_device
 
         try:
             dev = resolve_device(device)
             res = filter_npz(src, out, by=by, model=load(model, device=str(dev)), keep=keep, batch_size=batch_size,
                              device=dev)
         except KNOWN_ERRORS as e:
-            _fail(e)
+            fail(e)
         typer.echo(f"wrote {res['out']}: kept {res['kept']} of {res['of']} by {by}")
 
     @synth.command("discriminator")
@@ -140,10 +139,10 @@ def register_synth(app: typer.Typer) -> None:
         import torch
         from tqdm.auto import tqdm
 
-        from .io import save_weights
-        from .data.sources import load_images
-        from .proxy.quality import train_discriminator
-        from .train import WEIGHTS, resolve_device
+        from ..io import save_weights
+        from ..data.sources import load_images
+        from ..proxy.quality import train_discriminator
+        from ..runs import WEIGHTS, resolve_device
 
         try:
             dev = resolve_device(device)
@@ -165,7 +164,7 @@ def register_synth(app: typer.Typer) -> None:
             save_weights(out / WEIGHTS, model, {"leanrobust_model": json.dumps(spec), "classes": "0=real,1=generated",
                                                 "eps": str(eps)})
         except KNOWN_ERRORS as e:
-            _fail(e)
+            fail(e)
         typer.echo(f"wrote {out / WEIGHTS}")
 
 
@@ -193,11 +192,11 @@ def register_proxy_quality(app: typer.Typer) -> None:
         """Proxy-data quality: robust discrimination area, conditional Wasserstein, Frechet distance."""
         from tqdm.auto import tqdm
 
-        from . import load
-        from .io import write_json
-        from .data.sources import load_images
-        from .proxy.quality import proxy_quality
-        from .train import resolve_device
+        from .. import load
+        from ..io import write_json
+        from ..data.sources import load_images
+        from ..proxy.quality import proxy_quality
+        from ..runs import resolve_device
 
         try:
             dev = resolve_device(device)
@@ -212,7 +211,7 @@ def register_proxy_quality(app: typer.Typer) -> None:
             if out:
                 write_json(out, res)
         except KNOWN_ERRORS as e:
-            _fail(e)
+            fail(e)
         if as_json:
             typer.echo(json.dumps(res, indent=2))
             return
@@ -231,9 +230,9 @@ def register_proxy_quality(app: typer.Typer) -> None:
 def _certify_sigma(run_dir: Path, sigma: Optional[float]) -> float:
     """--sigma, else the noise the run trained with; a warning when the model was not trained with Gaussian noise
     (a smoothed classifier built on a model that never saw noise certifies little)."""
-    from .config import load_config
-    from .objectives.noise import gaussian_noise
-    from .train import CONFIG
+    from ..config import load_config
+    from ..objectives.noise import gaussian_noise
+    from ..runs import CONFIG
 
     cfg_path = run_dir / CONFIG
     obj = load_config(cfg_path, lenient=True).objective if cfg_path.is_file() else None
@@ -274,7 +273,7 @@ def register_certify(app: typer.Typer) -> None:
                     device: str = typer.Option("auto", "--device"),
                     ) -> None:
         """Randomized-smoothing certification (Cohen et al.): writes RUN/certify_<sigma>.json."""
-        from .certify import certify_run
+        from ..certify import certify_run
 
         try:
             sigma = _certify_sigma(run_dir, sigma)
@@ -283,7 +282,7 @@ def register_certify(app: typer.Typer) -> None:
             rep = certify_run(run_dir, sigma=sigma, n0=n0, n=n, alpha=alpha, num=num, radii=_floats(radii, "--radii"),
                               batch_size=batch_size, seed=seed, device=device)
         except KNOWN_ERRORS as e:
-            _fail(e)
+            fail(e)
         typer.echo(f"sigma {sigma:g}: certified accuracy " + ", ".join(f"r={r}: {100 * a:.1f}%"
                                                                         for r, a in rep["certified_acc"].items())
                    + f"; abstained {100 * rep['abstain_rate']:.1f}%; {rep['seconds']:.0f}s "
