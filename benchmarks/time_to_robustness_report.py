@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from common import RESULTS, done_rows
+from common import RESULTS, done_rows, write_table
 from leanrobust.speedup import Curve, Speedup, plot, speedup_from_curves
 
 FAMILIES = {"pgd_at": "PGD-AT", "trades": "TRADES", "mart": "MART"}  # baseline group prefix -> label
@@ -387,7 +387,7 @@ def write_report(all_rows: list[dict], protocol=None) -> Path:
                      f"{accuracy_cell(rs, 'cw20')} | {accuracy_cell(rs, 'pgd20x10')} | {flag} | "
                      f"{_mean([r['grad_evals'] for r in rs]):,.0f} | {_mean([r['train_seconds'] for r in rs]):,.0f} | "
                      f"{rs[0]['device']} |")
+    write_table(RESULTS / TABLE, lines, echo=False)  # the curve plots are written per family above
     path = RESULTS / f"{TABLE}.md"
-    path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
     return path
