@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional, TypeVar
 
 import typer
 
@@ -16,6 +16,17 @@ def _floats(text: str, what: str) -> list[float]:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{what} must be a comma list of numbers, got {text!r}") from None
+
+
+T = TypeVar("T")
+
+
+def _or_fail(work: Callable[[], T]) -> T:
+    """A command's work; a known error (bad input, missing file) ends the command with `fail`'s one line."""
+    try:
+        return work()
+    except KNOWN_ERRORS as e:
+        fail(e)
 
 
 def register(app: typer.Typer) -> None:
@@ -41,11 +52,8 @@ def register_synth(app: typer.Typer) -> None:
         from ..proxy.ddpm import GeneratorTrainer
         from ..proxy.generator_config import load_synth_config
 
-        try:
-            cfg = load_synth_config(config, set_ or [])
-            res = GeneratorTrainer(cfg, out or cfg.out).fit(stop_after=stop_after)
-        except KNOWN_ERRORS as e:
-            fail(e)
+        cfg = _or_fail(lambda: load_synth_config(config, set_ or []))
+        res = _or_fail(lambda: GeneratorTrainer(cfg, out or cfg.out).fit(stop_after=stop_after))
         typer.echo(f"{res['run_dir']}: step {res['step']}/{cfg.steps}, {res['seconds']:.0f}s of training; "
                    f"checkpoints {', '.join(res['checkpoints'])}")
 
@@ -70,12 +78,9 @@ def register_synth(app: typer.Typer) -> None:
         """Sample a labelled npz (image uint8 NxHxWxC, label int64); a rerun resumes from OUT.parts/."""
         from ..proxy.sampling import sample_to_npz
 
-        try:
-            res = sample_to_npz(run, out, n, steps=steps, scheduler=scheduler, per_class=per_class, guidance=guidance,
-                                batch_size=batch_size, seed=seed, step=checkpoint, ema=ema, label_with=label_with,
-                                device=device, overwrite=overwrite)
-        except KNOWN_ERRORS as e:
-            fail(e)
+        res = _or_fail(lambda: sample_to_npz(run, out, n, steps=steps, scheduler=scheduler, per_class=per_class,
+                                             guidance=guidance, batch_size=batch_size, seed=seed, step=checkpoint,
+                                             ema=ema, label_with=label_with, device=device, overwrite=overwrite))
         typer.echo(f"wrote {res['out']}: {res['n']} images ({res['new_batches']} new shards, "
                    f"{res['reused_batches']} resumed)")
 
@@ -91,10 +96,8 @@ def register_synth(app: typer.Typer) -> None:
         """Crude per-class Gaussian proxy data (the bottom of the quality ladder)."""
         from ..proxy.gaussian import gaussian_to_npz
 
-        try:
-            res = gaussian_to_npz(real, out, n, rank=rank, per_class=per_class, seed=seed, overwrite=overwrite)
-        except KNOWN_ERRORS as e:
-            fail(e)
+        res = _or_fail(lambda: gaussian_to_npz(real, out, n, rank=rank, per_class=per_class, seed=seed,
+                                               overwrite=overwrite))
         typer.echo(f"wrote {res['out']}: {res['n']} images")
 
     @synth.command("filter")
