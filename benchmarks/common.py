@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from leanrobust.config import load_config
 from leanrobust.figures import save_figure
-from leanrobust.io import atomic_write, write_json, write_text
+from leanrobust.io import write_json, write_text
 from leanrobust.runs import SUMMARY
 from leanrobust.train import Trainer
 
@@ -153,15 +152,6 @@ def override(row: dict, key: str, default=None):
     """The value a row's overrides give `key` (the last one wins, as in load_config); `default` when none does."""
     vals = [o.split("=", 1)[1] for o in row.get("overrides", []) if o.startswith(key + "=")]
     return vals[-1] if vals else default
-
-
-def write_npz(path: Path, **arrays: np.ndarray) -> Path:
-    """np.savez of `arrays` to path (uncompressed, no pickles), atomically (leanrobust.io.atomic_write)."""
-    def savez(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: given a path, np.savez would append .npz to the temp name
-            np.savez(f, **arrays)
-
-    return atomic_write(path, savez)
 
 
 # ----------------------------------------------------------------------------- the report of a table

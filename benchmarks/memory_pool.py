@@ -28,7 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS, append_row, device_label, done_rows, git_commit, write_npz, write_table
+from common import RESULTS, append_row, device_label, done_rows, git_commit, write_table
+
+from leanrobust.io import write_npz
 
 SHARD = 100_000
 

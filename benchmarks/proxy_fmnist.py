@@ -45,8 +45,9 @@ import torch
 
 import legacy_rows
 from common import (RESULTS, append_row, device_label, done_rows, override, pct, plot_clean_vs_robust, run_table,
-                    subplots, write_npz, write_table)
+                    subplots, write_table)
 
+from leanrobust.io import write_npz
 from leanrobust.runs import SUMMARY
 
 ROOT = Path("runs/bench/proxy_fmnist")

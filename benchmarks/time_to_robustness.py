@@ -145,6 +145,7 @@ def margins(p: Protocol) -> dict:
     from leanrobust.accounting import PassCounter
     from leanrobust.config import load_config
     from leanrobust.data.build import build_training_data
+    from leanrobust.io import write_npz
     from leanrobust.selection.scores import compute_scores, correctness
 
     cache = RUNS / p.table / "margins.npz"
@@ -168,8 +169,7 @@ def margins(p: Protocol) -> dict:
     correct = correctness(model, pool.images, pool.labels).numpy()
     out = {"margin": np.asarray(scores, np.float32), "labels": pool.labels.cpu().numpy(), "correct": correct,
            "grad_evals": np.array(counter.grad_evals + counter.forward_evals), "seconds": np.array(seconds)}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, **out)
+    write_npz(cache, **out)
     return out
 
 
