@@ -17,6 +17,13 @@ Rows are grouped in stages, run in this order (each stage's rows are resumable):
   compression MFC (L2 covering; generalized loss at eps + eta, and at the plain eps), DM (2000 iterations,
              batch_real 256) and random at 10 (3 seeds) and 50 images per class, equal SGD steps, under Linf
              eps 0.1 and L2 eps 1.5 (the metric of MFC's bound)
+  generated  the generated-data regime (issue 16), TRADES on the 58,000 real images + the 116,000-image pool of
+             benchmarks/generated_pool.py (generated share 0.7 per batch, ceil(58,000 / 128) batches per epoch:
+             the real-only rows' SGD steps): unpruned (3 seeds, and shorter schedules: the frontier); PUMA, prune
+             highest margin without the radius change and random at 50% (3 seeds) / 70% kept, margins over the
+             enlarged pool from the converged unpruned model; the stacked recipe (configs/recipes/
+             fmnist_stacked_trades.yaml, 3 seeds). Against trades_e15 (real only, the same steps) it is also the
+             proxy-distribution claim at equal steps on the full set
 
 A row: one JSON line in results/time_to_robustness.jsonl with its test accuracies (clean, PGD-20, CW-20 on
 all 10000 test points), its whole curve, its cost and its device; its weights are copied to
@@ -48,6 +55,12 @@ from leanrobust.runs import METRICS, WEIGHTS
 RUNS = Path("runs/bench")
 SEEDS = (0, 1, 2)
 FRACTIONS = (0.3, 0.5, 0.7)
+GEN_POOL = RUNS / "generated_pool" / "pool_2x.npz"  # written by benchmarks/generated_pool.py
+GEN_FRACTIONS = (0.5, 0.7)  # PUMA prunes 20-50% of the enlarged pool
+RECIPE = Path(__file__).parent.parent / "configs" / "recipes" / "fmnist_stacked_trades.yaml"
+# the recipe's own settings, as overrides of the base config (a test checks they give the recipe's config)
+RECIPE_OVERRIDES = ("objective.name=bullet_trades", "selection.method=puma", "selection.fraction=0.5",
+                    "selection.every=5", "selection.start_epoch=1", "selection.params={q: 0.1, floor: 0.0, scale: 1.0}")
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,7 @@ class Protocol:
     regime: str
     title: str
     flag: str = ""  # the command-line flag that selects this size
+    gen_pool: Path | None = None  # the generated pool of the generated-data regime (None: no such rows)
 
     @property
     def rows_file(self) -> Path:
@@ -72,10 +86,13 @@ class Protocol:
     def models(self) -> Path:
         return RESULTS / f"{self.table}_models"
 
-    @property
-    def margin_model(self) -> str:
-        """Margins come from the converged full-data model, as in PUMA."""
-        return f"pgd_at_e{self.epochs}_s0"
+    def margin_model(self, regime: str = "real") -> str:
+        """Margins come from the converged full-data model, as in PUMA (real + generated: its TRADES model)."""
+        return f"gen_trades_e{self.epochs}_s0" if regime == "gen" else f"pgd_at_e{self.epochs}_s0"
+
+    def gen_overrides(self) -> tuple[str, ...]:
+        """The generated-data regime: the real pool + the generated pool, TRADES (as PUMA and Wang et al.)."""
+        return (f"data.generated={self.gen_pool}", "objective.name=trades")
 
 
 CONFIGS = Path(__file__).parent / "configs"
@@ -83,7 +100,7 @@ CPU = Protocol("time_to_robustness", CONFIGS / "time_to_robustness.yaml", epochs
                schedules=(2, 3, 4, 6, 10),  # R = 5 of 15: re-selection a third of training, as R = 20 of 60-100
                regime="Half-width SmallCNN (TRADES' MNIST net), SGD lr 0.05 cosine, batch 128, {epochs} epochs; "
                       "PGD-10 training at Linf eps 0.1 (step 0.25 eps); all 58,000 Fashion-MNIST training images "
-                      "outside the held-out set", title="full Fashion-MNIST, Linf eps 0.1")
+                      "outside the held-out set", title="full Fashion-MNIST, Linf eps 0.1", gen_pool=GEN_POOL)
 GPU = Protocol("time_to_robustness_cifar10", CONFIGS / "time_to_robustness_cifar10.yaml", epochs=100, every=20,
                schedules=(10, 20, 30, 50),  # R = 20 as in the CORDS defaults Li et al. build on
                regime="PreActResNet-18, SGD lr 0.1 piecewise (x0.1 at 50% and 75%), batch 128, {epochs} epochs; "
@@ -128,34 +145,53 @@ def rows(p: Protocol = CPU) -> list[dict]:
                      "mail_at": ("objective.name=mail_at",  # MAIL-AT's published command; weights not normalised
                                  "objective.params={bias: -0.5, slope: 10.0, normalize: false}")}.items():
         out.append(row(p, f"{name}_s0", name, "reweight", 0, ov))
-    return out + compression_rows(p)
+    return out + compression_rows(p) + generated_rows(p)
+
+
+def generated_rows(p: Protocol) -> list[dict]:
+    """The generated-data regime (issue 16): unpruned TRADES on real + generated (3 seeds, and the shorter
+    schedules that draw its frontier), the margin methods and random pruning on the enlarged pool, the recipe."""
+    if p.gen_pool is None:
+        return []
+    E, gen = p.epochs, p.gen_overrides()
+    out = [row(p, f"gen_trades_e{E}_s{s}", f"gen_trades_e{E}", "generated", s, gen) for s in SEEDS]
+    out += [row(p, f"gen_trades_e{e}_s0", f"gen_trades_e{e}", "generated", 0, (*gen, f"optim.epochs={e}"))
+            for e in p.schedules if e >= 4]
+    for f in GEN_FRACTIONS:
+        k, seeds = round(100 * f), (SEEDS if f == 0.5 else (0,))
+        out += [{**row(p, f"gen_{m}_{k}_s{s}", f"gen_{m}_{k}", "generated", s, gen), "prepare": (m, f, "gen")}
+                for m in ("puma", "prune_high_margin") for s in (seeds if m == "puma" else (0,))]
+        out += [row(p, f"gen_random_{k}_s{s}", f"gen_random_{k}", "generated", s,
+                    (*gen, "selection.method=random", f"selection.fraction={f}")) for s in seeds]
+    out += [row(p, f"gen_recipe_s{s}", "gen_recipe", "generated", s, (*gen, *RECIPE_OVERRIDES)) for s in SEEDS]
+    return out
 
 
 DEEPFOOL = {"deepfool_candidates": 3}  # the 3 top classes rank margins like all 10 (Spearman 0.99), 3x faster
 
 
-def margins(p: Protocol) -> dict:
+def margins(p: Protocol, regime: str = "real") -> dict:
     """DeepFool (Linf) margins of every training-pool sample under the converged full-data model, with the
     passes they cost (counted by a PassCounter: each row that uses them pays them) and clean correctness.
+    regime 'gen': over the enlarged pool (real + generated), under the converged real + generated model.
     Cached in the runs folder; recomputed from the committed weights when missing."""
     import numpy as np
     import torch
 
     from leanrobust import load
     from leanrobust.accounting import PassCounter
-    from leanrobust.config import load_config
     from leanrobust.data.build import build_training_data
     from leanrobust.io import write_npz
     from leanrobust.selection.scores import compute_scores, correctness
 
-    cache = RUNS / p.table / "margins.npz"
+    cache = RUNS / p.table / ("margins_gen.npz" if regime == "gen" else "margins.npz")
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    weights = p.models / f"{p.margin_model}.safetensors"
+    weights = p.models / f"{p.margin_model(regime)}.safetensors"
     if not weights.exists():
-        raise SystemExit(f"the margin stage needs {weights}: run the plateau stage first")
-    cfg = load_config(p.base)
+        raise SystemExit(f"the margin rows need {weights}: run the row {p.margin_model(regime)} first")
+    cfg = margin_config(p, regime)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     pool = build_training_data(cfg.data, cfg.seed).pool  # no train_subset: the same pool for every seed
@@ -173,23 +209,30 @@ def margins(p: Protocol) -> dict:
     return out
 
 
-def prepare_margin(p: Protocol, method: str, fraction: float):
+def margin_config(p: Protocol, regime: str):
+    """The config whose pool the margins cover: the base config, with the generated pool in regime 'gen'."""
+    from leanrobust.config import load_config
+
+    return load_config(p.base, list(p.gen_overrides()) if regime == "gen" else None)
+
+
+def prepare_margin(p: Protocol, method: str, fraction: float, regime: str = "real"):
     """A row's `prepare`: the static selection of one margin method at one kept share, written in the row's
     folder; its info carries the scoring cost (added to the row's compute) and the share of kept samples
-    the scoring model misclassifies."""
+    the scoring model misclassifies (and, in regime 'gen', the generated share of what is kept)."""
     def prepare(row_dir: Path) -> tuple[list[str], dict]:
         import numpy as np
 
-        from leanrobust.config import load_config
         from leanrobust.data.build import build_training_data
         from leanrobust.data.fingerprint import run_fingerprint
         from leanrobust.selection.pruning import select_by_score
         from leanrobust.selection.puma import puma_selection
 
-        m = margins(p)
-        cfg = load_config(p.base)
+        m = margins(p, regime)
+        cfg = margin_config(p, regime)
         eps = cfg.objective.eps
-        fingerprint = run_fingerprint(cfg, build_training_data(cfg.data, cfg.seed).pool)  # checked by the row's run
+        data = build_training_data(cfg.data, cfg.seed)
+        fingerprint = run_fingerprint(cfg, data.pool)  # checked by the row's run
         if method == "puma":
             sel = puma_selection(m["margin"], m["labels"], fraction=fraction, eps=eps)
         else:
@@ -198,9 +241,11 @@ def prepare_margin(p: Protocol, method: str, fraction: float):
         path = row_dir / "selection.npz"
         sel.save(path, fingerprint=fingerprint)
         kept = sel.indices.numpy()
+        gen_share = {"generated_kept_share": float((kept >= data.n_real).mean()),
+                     "generated_pool_share": float(1 - data.n_real / len(data.pool))} if regime == "gen" else {}
         return [f"data.selection={path}"], {
-            "scoring_grad_evals": int(m["grad_evals"]), "scoring_seconds": float(m["seconds"]),
-            "scoring_model": p.margin_model, "misclassified_kept_share": float(1 - m["correct"][kept].mean()),
+            **gen_share, "scoring_grad_evals": int(m["grad_evals"]), "scoring_seconds": float(m["seconds"]),
+            "scoring_model": p.margin_model(regime), "misclassified_kept_share": float(1 - m["correct"][kept].mean()),
             "misclassified_pool_share": float(1 - m["correct"].mean()),
             "lowered_eps": int((sel.eps < eps).sum()), "kept": int(len(kept)),
             "median_margin_kept": float(np.median(m["margin"][kept]))}
@@ -288,7 +333,7 @@ def prepare_compression(p: Protocol, method: str, ipc: int, norm: str):
     return prepare
 
 
-STAGES = ("plateau", "schedules", "baseline", "random", "li", "margin", "reweight", "compression")
+STAGES = ("plateau", "schedules", "baseline", "random", "li", "margin", "reweight", "compression", "generated")
 
 
 # ----- workers ---------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from pathlib import Path
 from common import RESULTS, done_rows, write_table
 from leanrobust.speedup import Curve, Speedup, plot, speedup_from_curves
 
-FAMILIES = {"pgd_at": "PGD-AT", "trades": "TRADES", "mart": "MART"}  # baseline group prefix -> label
+FAMILIES = {"pgd_at": "PGD-AT", "trades": "TRADES", "mart": "MART",  # baseline group prefix -> label
+            "gen_trades": "TRADES on real + generated"}
 
 
 def curve_of(row: dict, val_n: int) -> Curve:
@@ -28,10 +29,12 @@ def curve_of(row: dict, val_n: int) -> Curve:
 
 def family(row: dict) -> str:
     """Which full-data baseline a row is compared with: its objective's (Bullet-TRADES and GAIR-TRADES:
-    TRADES; GAIR-AT, MAIL-AT, PGD-AT schedules, pruning on PGD-AT: PGD-AT)."""
-    obj = next((o.split("=", 1)[1] for o in reversed(row.get("overrides", [])) if o.startswith("objective.name=")),
-               "pgd_at")
-    return "trades" if "trades" in obj else "mart" if "mart" in obj else "pgd_at"
+    TRADES; GAIR-AT, MAIL-AT, PGD-AT schedules, pruning on PGD-AT: PGD-AT), on the same data (rows with
+    generated data: 'gen_' + the objective's family)."""
+    ov = row.get("overrides", [])
+    obj = next((o.split("=", 1)[1] for o in reversed(ov) if o.startswith("objective.name=")), "pgd_at")
+    fam = "trades" if "trades" in obj else "mart" if "mart" in obj else "pgd_at"
+    return f"gen_{fam}" if any(o.startswith("data.generated=") for o in ov) else fam
 
 
 def binom_ci(p: float, n: int) -> float:
@@ -119,7 +122,92 @@ def verdict_rows(done: list[dict], sp: dict[str, Speedup], epochs: int) -> list[
                 "MAIL fixes its AutoAttack weakness", *_reweight_measure(g, epochs, need)))
     out.append(("MFC: adversarial training on real centres at eps + eta keeps robustness with a provable bound, "
                 "better than DM and random at equal size", *_mfc_measure(g)))
+    out.append(("PUMA (enlarged set, its regime): on real + generated data, pruning the highest margins with "
+                "lowered eps on the lowest keeps robustness, better than random pruning and than margin pruning "
+                "without the radius change at the same kept count", *_gen_puma_measure(g)))
+    out.append(("Proxy distributions: adding generated images to the real set raises robust accuracy (full set, "
+                "equal SGD steps: TRADES on real + generated vs real only)", *_proxy_measure(g, epochs)))
+    out.append(("Stacked recipe (TRADES + generated data + adaptive PUMA re-selection + Bullet-Train): at least 3x "
+                "less compute than full-data TRADES on the same data to reach its robust accuracy - 1 point",
+                *_recipe_measure(sp)))
     return out
+
+
+def _versus(g: dict, a: str, b: str) -> tuple[float, float, int, int]:
+    """Test PGD-20 of group a minus group b (points) with its 95% half-width, and their seed counts."""
+    d, h = diff_ci(_seed_values(g[a], "pgd20"), _seed_values(g[b], "pgd20"))
+    return d, h, len(g[a]), len(g[b])
+
+
+def _gen_puma_measure(g: dict) -> tuple[str, str, str]:
+    """gen_puma_k against gen_random_k and gen_prune_high_margin_k, test PGD-20 on 10000 points, seeds' spread
+    included; the comparison with the unpruned enlarged set at equal compute is the family's frontier table."""
+    need = [n for k in (50, 70) for n in (f"gen_puma_{k}", f"gen_random_{k}", f"gen_prune_high_margin_{k}")
+            if n not in g]
+    if need:
+        return "-", "undecided", "rows not run yet: " + ", ".join(need)
+    parts, signs = [], []
+    for k in (50, 70):
+        for other in ("random", "prune_high_margin"):
+            d, h, na, nb = _versus(g, f"gen_puma_{k}", f"gen_{other}_{k}")
+            parts.append(f"{k}% kept, - {other} ({na} vs {nb} seeds): {d:+.2f} ± {h:.2f}")
+            signs.append(1 if d > h else -1 if d < -h else 0)
+    meas = "; ".join(parts)
+    if all(x < 0 for x in signs[::2]):
+        return meas, "not reproduced", "PUMA is below random pruning at every kept share (PGD-20)"
+    if all(x > 0 for x in signs):
+        return meas, "undecided", "above both baselines at every kept share under PGD-20; AutoAttack still to run"
+    return meas, "undecided", "not above both baselines at every kept share beyond the interval (PGD-20)"
+
+
+def _proxy_measure(g: dict, epochs: int) -> tuple[str, str, str]:
+    """gen_trades_e{E} minus trades_e{E}: the same epochs of ceil(n_real / B) SGD steps each, so the same steps
+    and attack passes; the 2,000-image equal-step rows are in results/proxy_fmnist.md."""
+    a, b = f"gen_trades_e{epochs}", f"trades_e{epochs}"
+    need = [n for n in (a, b) if n not in g]
+    if need:
+        return "-", "undecided", "rows not run yet: " + ", ".join(need)
+    d, h, na, nb = _versus(g, a, b)
+    steps = {r["samples_seen"] for r in g[a] + g[b] if r.get("samples_seen")}
+    meas = f"real + generated - real only, test PGD-20 ({na} vs {nb} seeds): {d:+.2f} ± {h:.2f}" + \
+        ("" if len(steps) <= 1 else f" (samples seen differ: {sorted(steps)})")
+    if len(steps) > 1:
+        return meas, "undecided", "the rows did not take the same steps"
+    if d < -h:
+        return meas, "not reproduced", "generated data lowers robust accuracy at equal steps (PGD-20)"
+    if d > h:
+        return meas, "undecided", "above real only beyond the interval under PGD-20; AutoAttack still to run"
+    return meas, "undecided", "no difference beyond the interval (PGD-20)"
+
+
+def _one_off_generator() -> str:
+    """The generator's one-off cost (training + sampling the pool), from results/generated_pool.jsonl."""
+    rows = done_rows(RESULTS / "generated_pool.jsonl")
+    gen, pool = rows.get("generator"), rows.get("pool")
+    if not gen:
+        return "generator one-off cost: not measured yet"
+    text = f"generator one-off cost: {gen['seconds'] / 3600:.1f} h training ({gen['step']} steps, {gen['device']})"
+    if pool and pool.get("sample_seconds"):
+        text += f" + {pool['sample_seconds'] / 3600:.1f} h sampling {pool['n_generated']:,} images"
+    return text
+
+
+def _recipe_measure(sp: dict[str, Speedup]) -> tuple[str, str, str]:
+    s = sp.get("gen_trades")
+    gr = next((x for x in s.groups if x.name == "gen_recipe"), None) if s else None
+    if gr is None:
+        return _one_off_generator(), "undecided", "rows not run yet: gen_trades baseline and gen_recipe"
+    if gr.speedup is None:
+        return (f"gen_recipe did not reach the target ({100 * s.target:.2f}%; best {100 * gr.best_mean:.2f}); "
+                f"{_one_off_generator()}", "not reached", "the recipe stayed below the baseline's best - 1")
+    ci = gr.speedup_ci
+    meas = (f"{gr.speedup:.2f}x fewer grad evals" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f" ({len(gr.runs)} seed)")
+            + f"; {_one_off_generator()}")
+    if ci and ci[0] >= 3:
+        return meas, "reached", "the CI's lower end is at least 3x (AutoAttack on 1000 points to confirm)"
+    if ci and ci[1] < 3:
+        return meas, "not reached", "the CI's upper end is below 3x"
+    return meas, "undecided", "the CI spans 3x" if ci else "one seed: no CI"
 
 
 def _seed_values(rows: list[dict], key: str) -> list[float]:
@@ -295,19 +383,21 @@ def frontier_table(done: list[dict], fam: str) -> list[str]:
 
 
 def margin_table(done: list[dict]) -> list[str]:
-    rows = [r for r in done if r.get("stage") == "margin"]
+    rows = [r for r in done if (r.get("info") or {}).get("scoring_model")]
     if not rows:
         return []
     lines = ["", "## Margin rows: what was kept", "",
-             "| row | kept | misclassified share kept (pool) | lowered eps | median margin kept | scoring grad evals |",
-             "|---|---|---|---|---|---|"]
+             "| row | kept | misclassified share kept (pool) | generated share kept (pool) | lowered eps | "
+             "median margin kept | scoring model | scoring grad evals |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         i = r["info"]
-        lines.append(f"| {r['group']} | {i['kept']:,} | {100 * i['misclassified_kept_share']:.1f}% "
-                     f"({100 * i['misclassified_pool_share']:.1f}%) | {i['lowered_eps']:,} | {i['median_margin_kept']:.4f} | "
-                     f"{i['scoring_grad_evals']:,} |")
-    lines.append(f"\nScoring model: {rows[0]['info']['scoring_model']} (its training is a one-off cost, not counted in "
-                 "the rows; its DeepFool passes are).")
+        gen = (f"{100 * i['generated_kept_share']:.1f}% ({100 * i['generated_pool_share']:.1f}%)"
+               if "generated_kept_share" in i else "-")
+        lines.append(f"| {r['name']} | {i['kept']:,} | {100 * i['misclassified_kept_share']:.1f}% "
+                     f"({100 * i['misclassified_pool_share']:.1f}%) | {gen} | {i['lowered_eps']:,} | "
+                     f"{i['median_margin_kept']:.4f} | {i['scoring_model']} | {i['scoring_grad_evals']:,} |")
+    lines.append("\nThe scoring model's training is a one-off cost, not counted in the rows; its DeepFool passes are.")
     return lines
 
 

@@ -45,7 +45,7 @@ def test_npz_dataset_needs_path_and_classes():
 def test_shipped_configs_validate():
     from pathlib import Path
     root = Path(__file__).parents[1] / "configs"
-    files = sorted(root.glob("*.yaml")) + sorted((root / "methods").glob("*.yaml"))
+    files = sorted(root.glob("*.yaml")) + [f for d in ("methods", "recipes") for f in sorted((root / d).glob("*.yaml"))]
     assert len(files) >= 12
     for f in files:
         load_config(f)

@@ -110,3 +110,75 @@ def test_frontier_compares_a_row_with_full_data_at_the_same_compute():
     assert "on the frontier" in table["random_30"]
     assert "2,000,000" in table["puma_50"] and "-10.00" in table["puma_50"] and "costs compute" in table["puma_50"]
     assert "outside" in table["random_70"]
+
+
+def test_generated_rows_use_the_pool_and_compare_within_their_own_family():
+    rows = [r for r in ttr.rows(ttr.CPU) if r["stage"] == "generated"]
+    assert rows and all(_override(r, "data.generated") == str(ttr.GEN_POOL) for r in rows)
+    assert {report.family(r) for r in rows} == {"gen_trades"}  # recipe (bullet_trades) included, not real TRADES
+    assert report.family(next(r for r in ttr.rows(ttr.CPU) if r["group"] == "trades_e15")) == "trades"
+    margin = [r for r in rows if r.get("prepare")]
+    assert {r["prepare"][0] for r in margin} == {"puma", "prune_high_margin"}
+    assert all(r["prepare"][2] == "gen" for r in margin)
+    assert ttr.CPU.margin_model("gen") == "gen_trades_e15_s0" and ttr.CPU.margin_model() == "pgd_at_e15_s0"
+    # the verdict rows have 3 seeds
+    for g in ("gen_trades_e15", "gen_puma_50", "gen_random_50", "gen_recipe"):
+        assert sum(r["group"] == g for r in rows) == 3
+    assert not ttr.generated_rows(ttr.GPU)  # no generated pool at the GPU size
+
+
+def test_the_recipe_row_trains_the_committed_recipe():
+    """What the benchmark measures is what configs/recipes/fmnist_stacked_trades.yaml trains (up to the
+    evaluation, the seed and the progress bar)."""
+    from leanrobust.config import load_config
+
+    r = next(r for r in ttr.rows(ttr.CPU) if r["name"] == "gen_recipe_s0")
+    ours = load_config(r["config"], r["overrides"]).model_dump()
+    recipe = load_config(ttr.RECIPE).model_dump()
+    for key in ("name", "eval", "progress", "seed"):
+        ours.pop(key), recipe.pop(key)
+    assert ours == recipe
+
+
+def _gen(group: str, accs: list[float], samples: int = 100) -> list[dict]:
+    return [{**_trained(group, i, 1, a), "samples_seen": samples} for i, a in enumerate(accs)]
+
+
+def test_generated_verdicts_follow_their_intervals():
+    g = {f"gen_{m}_{k}": _gen(f"gen_{m}_{k}", [0.70, 0.70, 0.70]) for m in ("random", "prune_high_margin")
+         for k in (50, 70)}
+    assert report._gen_puma_measure(g)[1] == "undecided"  # PUMA rows missing
+    worse = {**g, **{f"gen_puma_{k}": _gen(f"gen_puma_{k}", [0.60, 0.60, 0.60]) for k in (50, 70)}}
+    assert report._gen_puma_measure(worse)[1] == "not reproduced"
+    better = {**g, **{f"gen_puma_{k}": _gen(f"gen_puma_{k}", [0.75, 0.75, 0.75]) for k in (50, 70)}}
+    meas, verdict, why = report._gen_puma_measure(better)
+    assert verdict == "undecided" and "AutoAttack" in why and "+5.00" in meas
+
+    real, gen = _gen("trades_e15", [0.70, 0.71, 0.70]), _gen("gen_trades_e15", [0.60, 0.61, 0.60])
+    assert report._proxy_measure({"trades_e15": real}, 15)[1] == "undecided"
+    assert report._proxy_measure({"trades_e15": real, "gen_trades_e15": gen}, 15)[1] == "not reproduced"
+    unequal = _gen("gen_trades_e15", [0.80, 0.80, 0.80], samples=300)
+    meas, verdict, why = report._proxy_measure({"trades_e15": real, "gen_trades_e15": unequal}, 15)
+    assert verdict == "undecided" and "same steps" in why
+
+
+def _curved(group: str, seed: int, evals: list[int], vals: list[float]) -> dict:
+    curve = [{"epoch": i + 1, "grad_evals": e, "train_seconds": e / 1e4, "val_robust": v, "val_n": 2000}
+             for i, (e, v) in enumerate(zip(evals, vals))]
+    return {"name": f"{group}_s{seed}", "group": group, "seed": seed, "stage": "generated", "curve": curve,
+            "overrides": ["data.generated=pool.npz", "objective.name=trades"]}
+
+
+def test_recipe_verdict_reads_the_speedup_against_its_own_family():
+    base = [_curved("gen_trades_e15", s, [3_000_000, 6_000_000, 9_000_000], [0.60, 0.695, 0.70 + s / 1000])
+            for s in range(3)]
+    fast = [_curved("gen_recipe", s, [1_000_000, 2_000_000], [0.62, 0.695 + s / 1000]) for s in range(3)]
+    sp = report.family_speedups(base + fast, 15, 2000)
+    assert set(sp) == {"gen_trades"}
+    meas, verdict, _ = report._recipe_measure(sp)
+    assert verdict == "reached" and meas.startswith("3.00x")  # target 0.701 - 0.01: the baseline at 6M, the recipe at 2M
+    slow = [_curved("gen_recipe", s, [2_000_000, 4_000_000], [0.62, 0.695]) for s in range(3)]
+    assert report._recipe_measure(report.family_speedups(base + slow, 15, 2000))[1] == "not reached"  # 1.5x
+    never = [_curved("gen_recipe", s, [2_000_000], [0.5]) for s in range(3)]
+    assert report._recipe_measure(report.family_speedups(base + never, 15, 2000))[1] == "not reached"
+    assert report._recipe_measure({})[1] == "undecided"
