@@ -25,7 +25,7 @@ from leanrobust.config import load_config
 from leanrobust.figures import save_figure
 from leanrobust.io import write_json, write_text
 from leanrobust.runs import SUMMARY
-from leanrobust.train import Trainer
+from leanrobust.experiment import build_trainer
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -97,7 +97,7 @@ def run_row(table: str, name: str, config: str | Path, overrides: list[str], *, 
     run = row_dir / "run"
     commit = git_commit()  # before training: the code the row runs (a reused summary may be older)
     reused = (run / SUMMARY).exists()
-    summary = json.loads((run / SUMMARY).read_text()) if reused else Trainer(cfg, run).fit()
+    summary = json.loads((run / SUMMARY).read_text()) if reused else build_trainer(cfg, run).fit()
     return {"name": name, "table": table, "device": row_device(summary, cfg.device, not reused),
             "git": commit, "summary_reused": reused, "overrides": overrides,
             "clean_acc": summary["clean_acc"], "robust_acc": summary["robust_acc"],

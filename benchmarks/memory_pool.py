@@ -68,7 +68,7 @@ def child(args) -> None:
     import torch
 
     from leanrobust.config import validate_config
-    from leanrobust.train import Trainer
+    from leanrobust.experiment import build_trainer
 
     torch.set_num_threads(args.threads)
     raw = {"seed": 0, "progress": False, "threads": args.threads,
@@ -80,7 +80,7 @@ def child(args) -> None:
            "optim": {"epochs": 1, "batch_size": 128, "lr": 0.05},
            "validation": {"n": 100, "steps": 2}, "eval": {"n": 100, "attacks": []}}
     t0 = time.perf_counter()
-    tr = Trainer(validate_config(raw), args.run)
+    tr = build_trainer(validate_config(raw), args.run)
     build_s = time.perf_counter() - t0
     after_build = status()
     t0 = time.perf_counter()

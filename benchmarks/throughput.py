@@ -29,7 +29,7 @@ from common import parse_json_table_args, write_table
 from leanrobust.config import validate_config
 from leanrobust.data import dataset_info, load_dataset, to_float
 from leanrobust.models import build_model
-from leanrobust.train import Trainer
+from leanrobust.experiment import build_trainer
 
 EPS, STEPS, BATCH, LR = 0.1, 10, 128, 0.05
 ALPHA = 2.5 * EPS / STEPS
@@ -81,7 +81,7 @@ def run_leanrobust(n_images: int, width: float, augment: bool) -> float:
         "objective": {"name": "pgd_at", "eps": EPS, "steps": STEPS},
         "optim": {"epochs": 1, "batch_size": BATCH, "lr": LR, "schedule": "constant"},
     })
-    tr = Trainer(cfg, "/tmp/leanrobust_throughput_unused")
+    tr = build_trainer(cfg, "/tmp/leanrobust_throughput_unused")
     stats = tr.train_epoch(0)  # the timed region: the training epoch only
     return stats.samples / stats.seconds
 

@@ -132,10 +132,10 @@ def _patch_keyed_starts(monkeypatch):
 
 def test_two_processes_equal_one_process_of_the_same_global_batch(ddp, monkeypatch):
     from leanrobust.config import load_config
-    from leanrobust.train import Trainer
+    from leanrobust.experiment import build_trainer
 
     _patch_keyed_starts(monkeypatch)
-    one = Trainer(load_config(ddp / "cfg.yaml", ["optim.batch_size=32"]), ddp / "one").fit()
+    one = build_trainer(load_config(ddp / "cfg.yaml", ["optim.batch_size=32"]), ddp / "one").fit()
     two = json.loads((ddp / "two" / "summary.json").read_text())
     a, b = load_checkpoint(ddp / "two" / "checkpoint.pt"), load_checkpoint(ddp / "one" / "checkpoint.pt")
     assert torch.equal(a["selection"]["indices"], b["selection"]["indices"])  # the second dynamic selection too

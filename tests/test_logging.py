@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 import leanrobust.metrics_log as metrics_log
 from leanrobust.cli import app
 from leanrobust.config import validate_config
+from leanrobust.experiment import resume
 from leanrobust.metrics_log import csv_cell
-from leanrobust.train import Trainer, resume
+from leanrobust.train import Trainer
 
 
 def config(path, **over):

@@ -10,8 +10,8 @@ from leanrobust.data import shards
 from leanrobust.data.pool import Pool
 from leanrobust.data.shards import ShardImages, open_images
 from leanrobust.data.sources import DataError
+from leanrobust.experiment import build_trainer
 from leanrobust.io import load_checkpoint
-from leanrobust.train import Trainer
 
 
 def _images(n, shape=(16, 16, 1), seed=0):
@@ -132,7 +132,7 @@ def test_training_on_a_shard_folder_equals_training_on_the_same_npz_in_memory(tm
             "optim": {"epochs": 1, "batch_size": 16, "lr": 0.05},
             "selection": {"method": "loss", "fraction": 0.5, "start_epoch": 0, "params": {"batch_size": 32}},
             "validation": {"n": 16, "steps": 2}, "eval": {"n": 16, "attacks": []}})
-        tr = Trainer(cfg, tmp_path / out)
+        tr = build_trainer(cfg, tmp_path / out)
         tr.fit(stop_after_epoch=1)
         return tr, load_checkpoint(tmp_path / out / "checkpoint.pt")
 

@@ -16,8 +16,9 @@ import torch
 
 from leanrobust import objectives
 from leanrobust.config import validate_config
+from leanrobust.experiment import resume
 from leanrobust.io import RunLock, RunLockedError, load_checkpoint
-from leanrobust.train import NonFiniteLossError, Trainer, resume
+from leanrobust.train import NonFiniteLossError, Trainer
 
 from test_train import set_keys
 

@@ -330,6 +330,24 @@ def test_dynamic_selection_in_a_real_trainer_counts_scoring_passes(tmp_path):
     assert logged == pytest.approx(expected)
 
 
+def test_a_trainer_without_the_schedule_its_config_names_refuses_to_start(tmp_path):
+    """The trainer imports no method: a selection config without an injected schedule is an error naming the
+    builder, never a run that silently trains on the full pool."""
+    from leanrobust.train import Trainer
+
+    cfg = validate_config({"selection": {"method": "loss", "fraction": 0.5}})
+    with pytest.raises(ValueError, match=r"selection.method 'loss' needs its selection schedule.*build_trainer"):
+        Trainer(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_config_and_the_registry_name_the_same_methods():
+    from leanrobust.config import SELECTION_METHODS
+    from leanrobust.selection.registry import METHODS
+
+    assert tuple(METHODS) == SELECTION_METHODS
+
+
 # ----------------------------------------------------------------------------- Bullet-Train
 def test_bullet_allocation_and_weight_zero():
     w = torch.zeros(1, 16)

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from leanrobust.config import validate_config
+from leanrobust.experiment import build_trainer, resume
 from leanrobust.io import load_checkpoint, load_weights
-from leanrobust.train import Trainer, resume
+from leanrobust.train import Trainer
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 needs_fmnist = pytest.mark.skipif(not FMNIST.exists(), reason="apt-get install dataset-fashion-mnist")
@@ -122,8 +123,8 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path, objec
 def test_resumed_forgetting_selection_keeps_the_counts_observed_before_the_cut(tmp_path):
     cfg = tiny_config(**{"optim.epochs": 4, "eval.attacks": [], "selection.method": "forgetting",
                          "selection.fraction": 0.5, "selection.start_epoch": 3})
-    Trainer(cfg, tmp_path / "full").fit()
-    Trainer(cfg, tmp_path / "cut").fit(stop_after_epoch=2)  # observations of epochs 0-1 live in the checkpoint
+    build_trainer(cfg, tmp_path / "full").fit()
+    build_trainer(cfg, tmp_path / "cut").fit(stop_after_epoch=2)  # observations of epochs 0-1 live in the checkpoint
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["hook"]["forgetting"]["observed"].max() == 2
     resume(tmp_path / "cut")
     a = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
@@ -271,13 +272,13 @@ def test_generated_pool_is_mixed_at_the_configured_fraction(tmp_path):
 def test_dynamic_selection_from_config_counts_its_passes(tmp_path):
     cfg = tiny_config(**{"selection.method": "loss", "selection.fraction": 0.5, "selection.every": 1,
                          "eval.attacks": []})
-    summary = Trainer(cfg, tmp_path / "run").fit()
+    summary = build_trainer(cfg, tmp_path / "run").fit()
     assert summary["n_train"] == 128 and summary["samples_seen"] == 2 * 128
     training_passes = 2 * 128 * 3  # PGD-2 + update, per kept sample and epoch
     assert summary["grad_evals"] > training_passes  # the scoring attacks on all 256 are counted too
     resumed_cfg = tiny_config(**{"selection.method": "loss", "selection.fraction": 0.5, "selection.every": 1,
                                  "eval.attacks": []})
-    tr = Trainer(resumed_cfg, tmp_path / "cut")
+    tr = build_trainer(resumed_cfg, tmp_path / "cut")
     tr.fit(stop_after_epoch=1)
     again = resume(tmp_path / "cut")
     assert again["grad_evals"] == summary["grad_evals"] and again["clean_acc"] == summary["clean_acc"]
@@ -294,7 +295,7 @@ def test_every_shipped_method_config_trains(tmp_path, path):
     cfg = load_config(path, ["progress=false", "threads=2", "data.train_subset=192", "data.val_size=32",
                              "model.width=0.25", "objective.steps=2", "optim.epochs=2", "optim.batch_size=64",
                              "validation.n=32", "validation.steps=2", "eval.n=32", "eval.attacks=[pgd5]"])
-    summary = Trainer(cfg, tmp_path).fit()
+    summary = build_trainer(cfg, tmp_path).fit()
     assert summary["config"]["objective"]["name"] == cfg.objective.name
     assert summary["grad_evals"] > 0 and 0.0 <= summary["robust_acc"]["pgd5"] <= summary["clean_acc"]
     if cfg.selection.method != "none":  # selected at epoch 1 of 2: the second epoch trains on half the pool

@@ -198,6 +198,11 @@ class OptimConfig(_Strict):
         return self
 
 
+# the methods selection.method can name, in the order messages list them: selection/registry.py's METHODS has
+# exactly these keys (checked when it is imported), so the config validates names without importing the methods
+SELECTION_METHODS = ("random", "margin", "kappa", "loss", "el2n", "grand", "pm", "forgetting", "puma", "gradmatch")
+
+
 class SelectionConfig(_Strict):
     """Which pool samples train, how much each counts and how hard each is attacked (issue: data selection)."""
     method: str = Field("none", description="none, or a scorer/selector name (see `leanrobust select --help`)")
@@ -214,11 +219,9 @@ class SelectionConfig(_Strict):
     @classmethod
     def _known_method(cls, v: str) -> str:
         """An unknown method is an error now, not after the data is loaded."""
-        from .selection.registry import METHODS
-
-        if v != "none" and v not in METHODS:
-            raise ValueError(f"unknown selection.method {v!r}{did_you_mean(v, ('none', *METHODS))}; "
-                             f"expected 'none' or one of: {', '.join(METHODS)}")
+        if v != "none" and v not in SELECTION_METHODS:
+            raise ValueError(f"unknown selection.method {v!r}{did_you_mean(v, ('none', *SELECTION_METHODS))}; "
+                             f"expected 'none' or one of: {', '.join(SELECTION_METHODS)}")
         return v
 
     @model_validator(mode="after")

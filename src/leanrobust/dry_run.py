@@ -17,12 +17,12 @@ def dry_run(cfg, run_dir: str | Path = "runs/dry-run") -> dict:
     from .data.build import load_test_set as _load_test
     from .objectives import call_objective
     from .schedule import lr_factor
-    from .train import Trainer
+    from .experiment import build_trainer
 
     assert isinstance(cfg, RunConfig)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="leanrobust-dry-run-") as tmp:  # nothing reaches the real --out
-        tr = Trainer(cfg, Path(tmp) / Path(run_dir).name)
+        tr = build_trainer(cfg, Path(tmp) / Path(run_dir).name)
     build_s = time.perf_counter() - t0
     test_images, _ = _load_test(cfg.data, tr.data.info)
     B = cfg.optim.batch_size

@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, distributed
 from .accounting import PassCounter
-from .config import RunConfig, dump_config, load_config
+from .config import RunConfig, dump_config
 from .data.augment import augment_batch, to_float
 from .data.build import TrainingData, build_training_data, load_test_set
 from .data.fingerprint import check_fingerprint, run_fingerprint
@@ -33,7 +33,6 @@ from .runs import (BEST, BEST_NEXT, CHECKPOINT, CONFIG, METRICS, RUN_FILES, SUMM
                    model_spec, resolve_device, seed_everything)
 from .schedule import lr_factor
 from .selection import Selection
-from .selection.schedule import SelectionSchedule
 
 
 class NonFiniteLossError(RuntimeError):
@@ -46,6 +45,16 @@ def _all_finite(tensors) -> torch.Tensor:
     return torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool)
 
 
+class SelectionHook(Protocol):
+    """What the trainer calls of an injected selection schedule (selection/schedule.py's SelectionSchedule)."""
+
+    def __call__(self, model: nn.Module, pool, selection: Selection, epoch: int) -> Optional[Selection]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
 @dataclass
 class EpochStats:
     loss: float
@@ -56,14 +65,17 @@ class EpochStats:
 
 class Trainer:
     """One run: config + run directory. `fit()` trains (resuming if a checkpoint exists),
-    then evaluates and writes summary.json; the run directory is complete only then."""
+    then evaluates and writes summary.json; the run directory is complete only then. The selection schedule
+    that cfg.selection names is injected (experiment.build_trainer builds it): the trainer imports no method."""
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, *,
-                 selection_schedule: Optional[SelectionSchedule] = None):
+                 selection_schedule: Optional[SelectionHook] = None):
+        if selection_schedule is None and cfg.selection.method != "none":
+            raise ValueError(f"selection.method {cfg.selection.method!r} needs its selection schedule: build the "
+                             "trainer with leanrobust.experiment.build_trainer(cfg, run_dir), or pass "
+                             "selection_schedule=SelectionSchedule(cfg) (leanrobust.selection.schedule)")
         self.cfg = cfg
         self.dir = Path(run_dir)
-        if selection_schedule is None and cfg.selection.method != "none":
-            selection_schedule = SelectionSchedule(cfg)  # its settings checked now, before the data is built
         self.selection_schedule = selection_schedule  # static or dynamic selection, called before each epoch
         if cfg.logging.tensorboard:
             require_tensorboard()  # a missing package fails now, not after the first epoch
@@ -461,18 +473,3 @@ class Trainer:
             write_json(self.dir / SUMMARY, summary)
         distributed.barrier()
         return summary
-
-
-def train(cfg: RunConfig, run_dir: str | Path, **kw) -> Optional[dict]:
-    return Trainer(cfg, run_dir, **kw).fit()
-
-
-def resume(run_dir: str | Path) -> Optional[dict]:
-    """Continue an interrupted run from its saved config and checkpoint."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).exists():
-        raise FileNotFoundError(f"{run_dir}: no {CONFIG}; is this a leanrobust run directory?")
-    if (run_dir / SUMMARY).exists():  # resuming would redo the test evaluation and overwrite the summary
-        raise ValueError(f"{run_dir} is a finished run (it has {SUMMARY}); evaluate it further with "
-                         f"`leanrobust eval {run_dir}`")
-    return Trainer(load_config(run_dir / CONFIG, lenient=True), run_dir).fit()

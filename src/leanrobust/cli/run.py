@@ -32,7 +32,7 @@ def train(config: Path = typer.Argument(..., help="YAML experiment file"),
     """Train a model, evaluate it on the test set and write a run directory."""
     from ..config import load_config
     from ..runs import CHECKPOINT, SUMMARY
-    from ..train import Trainer
+    from ..experiment import build_trainer
 
     try:
         cfg = load_config(config, set_ or [])
@@ -46,7 +46,7 @@ def train(config: Path = typer.Argument(..., help="YAML experiment file"),
             raise ValueError(f"{run_dir} already holds a finished run; choose another --out")
         if (run_dir / CHECKPOINT).exists():
             raise ValueError(f"{run_dir} holds an unfinished run; continue it with `leanrobust resume {run_dir}`")
-        summary = Trainer(cfg, run_dir).fit()
+        summary = build_trainer(cfg, run_dir).fit()
     except KNOWN_ERRORS as e:
         fail(e)
     _print_summary(summary, run_dir)
@@ -54,7 +54,7 @@ def train(config: Path = typer.Argument(..., help="YAML experiment file"),
 
 def resume(run_dir: Path = typer.Argument(..., help="run directory of an interrupted run")) -> None:
     """Continue an interrupted run from its last checkpoint."""
-    from ..train import resume as _resume
+    from ..experiment import resume as _resume
 
     try:
         summary = _resume(run_dir)
