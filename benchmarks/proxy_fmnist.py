@@ -31,7 +31,9 @@ Stages (each resumable; rerun the same command to go on):
   report     table + plots in benchmarks/results/proxy_fmnist.{md,png}
 
     PYTHONPATH=src:benchmarks python benchmarks/proxy_fmnist.py [--stages generator sample_ladder ...] [--only ROW ...]
-        [--rerun-stale]   # retrain the rows the old mixing sampler trained with 3.3x real_only's samples
+        [--rerun-stale]   # retrain the rows from before the review fixes (the old mixing sampler trained the
+                          # generated-data rows with 3.3x real_only's samples); quality is remeasured on the
+                          # rerun's generated files (a quality row records its file's hash)
 """
 from __future__ import annotations
 
@@ -166,8 +168,11 @@ def train_rows() -> list[dict]:
 
 
 def stale_rows(table: str) -> set[str]:
-    """Rows of a table that --rerun-stale trains again: generated-data rows of the old mixing sampler."""
-    return legacy_rows.old_sampler_rows(done_rows(RESULTS / f"{table}.jsonl"))
+    """Rows of a table that --rerun-stale trains again: every row trained before the review fixes (the
+    generated-data rows under the old mixing sampler, and the real-only rows they are compared with, so that
+    every row of the rerun runs one code version at equal steps)."""
+    rows = done_rows(RESULTS / f"{table}.jsonl")
+    return legacy_rows.old_sampler_rows(rows) | {n for n, r in rows.items() if legacy_rows.before_review_fixes(r)}
 
 
 def stage_train(only: list[str] | None, rerun_stale: bool = False) -> None:
@@ -177,6 +182,7 @@ def stage_train(only: list[str] | None, rerun_stale: bool = False) -> None:
 
 def stage_quality() -> None:
     from leanrobust import load
+    from leanrobust.data.fingerprint import content_hash
     from leanrobust.proxy.generator import load_images
     from leanrobust.proxy.quality import proxy_quality
 
@@ -188,13 +194,16 @@ def stage_quality() -> None:
     clf = load(clf_run)
     rx, ry, _ = load_images(real_npz(), "train")
     for name, f in ladder().items():
-        if name in done or not f.exists():
+        if not f.exists():
             continue
+        sha = content_hash(f)
+        if name in done and done[name].get("file_sha256") == sha:
+            continue  # measured on this very file (a row without the hash predates the rerun's samples)
         sx, sy, _ = load_images(f, "train", num_classes=10)
         t0 = time.perf_counter()
         res = proxy_quality(rx, ry, sx, sy, classifier=clf, radii=[0.0, 0.025, 0.05, 0.1], n=N_REAL, epochs=3,
                             steps=5, m=100, repeats=5, seed=0, device="cpu")
-        append_row(path, {"name": name, "file": str(f), "seconds": time.perf_counter() - t0,
+        append_row(path, {"name": name, "file": str(f), "file_sha256": sha, "seconds": time.perf_counter() - t0,
                           "device": device_label("cpu"), **res})
         print(f"quality {name}: {time.perf_counter() - t0:.0f}s", flush=True)
 

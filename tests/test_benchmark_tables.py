@@ -79,16 +79,19 @@ def test_selection_rows_are_stale_only_when_their_method_ran_differently():
     assert not stale({"finished": "2026-11-23 05:00:00", "git": "abc1234", "overrides": warm})
 
 
-def test_proxy_rows_are_stale_only_with_generated_data_under_the_old_sampler(tmp_path, monkeypatch):
+def test_proxy_rows_are_stale_when_trained_before_the_review_fixes(tmp_path, monkeypatch):
+    """The generated-data rows of the old sampler and the real-only rows they are compared with are rerun,
+    so the equal-step comparison runs one code version; a rerun (it records its commit) is current."""
     import proxy_fmnist
 
     monkeypatch.setattr(proxy_fmnist, "RESULTS", tmp_path)
     rows = [{"name": "real_only", "overrides": ["progress=false"], "finished": "2026-11-30 10:00:00"},
+            {"name": "real_2", "overrides": ["progress=false"], "finished": "2026-12-03 10:00:00", "git": "abc"},
             {"name": "gen1x", "overrides": ["data.generated=g.npz"], "finished": "2026-11-30 10:00:00"},
             {"name": "gen2x", "overrides": ["data.generated=g.npz"], "finished": "2026-11-30 10:00:00"},
             {"name": "gen2x", "overrides": ["data.generated=g.npz"], "finished": "2026-12-03 10:00:00", "git": "abc"}]
     (tmp_path / "proxy_fmnist.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert proxy_fmnist.stale_rows("proxy_fmnist") == {"gen1x"}  # gen2x's rerun (the last line) is current
+    assert proxy_fmnist.stale_rows("proxy_fmnist") == {"gen1x", "real_only"}  # gen2x's rerun (last line) is current
 
 
 def test_a_retrained_certification_model_is_certified_again():
