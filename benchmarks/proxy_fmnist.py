@@ -17,7 +17,9 @@ Rows (proxy_fmnist.jsonl; generated sets sampled with DPM-Solver++, 10 steps):
   gen_only             the 5x generated set alone
   ladder_{rung}        real + 1x from a weaker proxy: gaussian, ddpm250, ddpm500, ddpm1000 (ddpm1500 = gen1x)
   cert_real_only, cert_gen2x (proxy_fmnist_certify.jsonl): Gaussian-noise training (sigma 0.25, L2, last
-                       epoch), then randomized-smoothing certification (proxy_fmnist_certified.jsonl)
+                       epoch), then randomized-smoothing certification (proxy_fmnist_certified.jsonl);
+  cert_full_real_only, cert_full_gen2x: the same on the full set (58,000 real images, 15 epochs; the 2x pool
+                       of benchmarks/generated_pool.py), 1000 certified test points
   quality rows (proxy_fmnist_quality.jsonl), one per rung: ARC area, conditional W1 (input, features), Frechet
 
 Stages (each resumable; rerun the same command to go on):
@@ -56,6 +58,9 @@ ROOT = Path("runs/bench/proxy_fmnist")
 BASE = Path(__file__).parent / "configs" / "proxy_fmnist.yaml"
 GEN_CONFIG = Path(__file__).parent.parent / "configs" / "synth" / "fmnist_ddpm.yaml"
 N_REAL, VAL = 2000, 500
+FULL_BASE = Path(__file__).parent / "configs" / "time_to_robustness.yaml"  # the full set: 58,000 real images
+FULL_POOL = Path("runs/bench/generated_pool/pool_2x.npz")  # its 2x generated pool (benchmarks/generated_pool.py)
+FULL_EPOCHS, FULL_CERT_NUM = 15, 1000
 GEN_STEPS = 1500
 RUNGS = [250, 500, 1000, 1500]      # generator checkpoints on the ladder (the last = the final generator)
 SAMPLER = {"scheduler": "dpm", "steps": 10}  # DPM-Solver++ at 10 steps: ~9 ms per image per step here
@@ -209,28 +214,45 @@ def stage_quality() -> None:
 
 
 def cert_rows() -> list[dict]:
+    """2,000 real images (BASE) and the full set (FULL_BASE, 15 epochs; its generated pool from
+    benchmarks/generated_pool.py, a row that `needs` it waits for it), each real only vs real + 2x generated
+    at equal steps (an epoch is ceil(n_real / B) batches either way)."""
     # Gaussian-noise training at sigma; eval PGD-20 at L2 radius sigma; no robust model selection (last epoch)
     ov = ["progress=false", "objective.name=gaussian_noise", f"objective.params={{sigma: {SIGMA}}}",
           "objective.norm=l2", f"objective.eps={SIGMA}", "eval.attacks=[pgd20]", "validation.n=0"]
+    full = ov + [f"optim.epochs={FULL_EPOCHS}"]
     return [{"name": "cert_real_only", "config": BASE, "overrides": ov},
-            {"name": "cert_gen2x", "config": BASE, "overrides": ov + [f"data.generated={gen_file(GEN_STEPS, 2)}"]}]
+            {"name": "cert_gen2x", "config": BASE, "overrides": ov + [f"data.generated={gen_file(GEN_STEPS, 2)}"]},
+            {"name": "cert_full_real_only", "config": FULL_BASE, "overrides": full},
+            {"name": "cert_full_gen2x", "config": FULL_BASE, "overrides": full + [f"data.generated={FULL_POOL}"],
+             "needs": FULL_POOL}]
+
+
+def cert_baseline(name: str) -> str:
+    """The real-only row a certification row is compared with (same size)."""
+    return "cert_full_real_only" if name.startswith("cert_full_") else "cert_real_only"
 
 
 def stage_certify(only: list[str] | None, rerun_stale: bool = False) -> None:
     from leanrobust.certify import certify_run
 
     again = stale_rows("proxy_fmnist_certify") if rerun_stale else set()
-    trained = {r["name"]: r for r in run_table("proxy_fmnist_certify", cert_rows(), runs_dir=Path("runs/bench"),
+    rows = [r for r in cert_rows() if not r.get("needs") or Path(r["needs"]).exists()]
+    for r in cert_rows():
+        if r not in rows:
+            print(f"[proxy_fmnist_certify] {r['name']} waits for {r['needs']} (benchmarks/generated_pool.py)", flush=True)
+    trained = {r["name"]: r for r in run_table("proxy_fmnist_certify", rows, runs_dir=Path("runs/bench"),
                                                only=only, rerun=again)}
     path = RESULTS / "proxy_fmnist_certified.jsonl"
     done = done_rows(path)
-    for r in cert_rows():
+    for r in rows:
         run = Path("runs/bench/proxy_fmnist_certify") / r["name"] / "run"
         t = trained.get(r["name"])
         current = r["name"] in done and legacy_rows.certified_is_current(done[r["name"]], t)
         if current or not (run / SUMMARY).exists():
             continue
-        rep = certify_run(run, sigma=SIGMA, n0=100, n=2000, alpha=0.001, num=500, radii=RADII, progress=False)
+        num = FULL_CERT_NUM if r["config"] == FULL_BASE else 500
+        rep = certify_run(run, sigma=SIGMA, n0=100, n=2000, alpha=0.001, num=num, radii=RADII, progress=False)
         append_row(path, {"name": r["name"], "device": device_label("cpu"), "trained": t.get("finished") if t else None,
                           **rep})
 
@@ -304,11 +326,11 @@ def budget_caveat(rows: dict, base: dict | None, cert_rows: dict) -> list[str]:
         out.append(f"gen_only (gen_fraction 1.0) took its epoch from the {n_gen:,} generated images{was}; the "
                    f"current sampler makes it ceil({N_REAL:,} real / {B}) = {math.ceil(N_REAL / B)} batches, "
                    "real_only's count, so a rerun gives it real_only's SGD steps.")
-    cb = cert_rows.get("cert_real_only")
     for name, c in cert_rows.items():
-        if cb and name != "cert_real_only" and abs(c["samples_seen"] / cb["samples_seen"] - 1) > 0.05:
+        cb = cert_rows.get(cert_baseline(name))
+        if cb and name != cert_baseline(name) and abs(c["samples_seen"] / cb["samples_seen"] - 1) > 0.05:
             out.append(f"The certification rows have the same confound: {name} saw {c['samples_seen']:,} "
-                       f"samples, {c['samples_seen'] / cb['samples_seen']:.2f}x cert_real_only's "
+                       f"samples, {c['samples_seen'] / cb['samples_seen']:.2f}x {cert_baseline(name)}'s "
                        f"{cb['samples_seen']:,}.")
     out.append("Within the quality ladder every rung's row saw the same number of samples, and the gain is each "
                "row minus the same real_only value, so the rank correlations there compare equal budgets; the "
@@ -420,18 +442,22 @@ def report() -> None:
         c0 = next(iter(cert.values()))
         r_max = SIGMA * gauss.ppf(c0["alpha"] ** (1 / c0["n"]))
         lines += ["", f"## Certified accuracy (randomized smoothing, sigma {SIGMA}, n0 {c0['n0']}, n {c0['n']}, alpha "
-                      f"{c0['alpha']}, {c0['num']} test points)", "",
+                      f"{c0['alpha']})", "",
                   f"L2 radii in [0,1] pixel units. With n = {c0['n']} the largest certifiable radius is "
                   f"sigma * Phi^-1(alpha^(1/n)) = {r_max:.2f}, so larger radii read 0 by construction. ACR: average "
-                  "certified radius.", "",
-                  "| row | train samples seen | " + " | ".join(f"r={r:g}" for r in RADII) +
-                  " | ACR | abstain | certify s | device |",
-                  "|---|---|" + "---|" * (len(RADII) + 4)]
+                  "certified radius. cert_*: 2,000 real images, 40 epochs; cert_full_*: the 58,000 real images of "
+                  "time_to_robustness.py, 15 epochs (2x generated pool: benchmarks/generated_pool.py). ± : binomial "
+                  "95% half-width at r=0.25 on the row's test points.", "",
+                  "| row | train samples seen | test points | " + " | ".join(f"r={r:g}" for r in RADII) +
+                  " | ± (r=0.25) | ACR | abstain | certify s | device |",
+                  "|---|---|---|" + "---|" * (len(RADII) + 5)]
         for name, c in cert.items():
             acc = c["certified_acc"]
             seen = f"{cert_train[name]['samples_seen']:,}" if name in cert_train else "-"
-            lines.append(f"| {name} | {seen} | " + " | ".join(f"{100 * acc[f'{r:g}']:.1f}" for r in RADII) +
-                         f" | {c['acr']:.3f} | {100 * c['abstain_rate']:.1f} | {c['seconds']:.0f} | {c['device']} |")
+            p = acc["0.25"]
+            lines.append(f"| {name} | {seen} | {c['num']} | " + " | ".join(f"{100 * acc[f'{r:g}']:.1f}" for r in RADII)
+                         + f" | {196 * math.sqrt(p * (1 - p) / c['num']):.1f} | {c['acr']:.3f} | "
+                           f"{100 * c['abstain_rate']:.1f} | {c['seconds']:.0f} | {c['device']} |")
     write_table(RESULTS / "proxy_fmnist", lines, fig=plot(rows, quality, base))
 
 
