@@ -194,7 +194,7 @@ def test_plot_has_error_bars_separate_labels_a_caption_and_a_one_run_front(tmp_p
     import matplotlib.pyplot as plt
     from matplotlib.container import ErrorbarContainer
 
-    from leanrobust.report import caption, make_figure
+    from leanrobust.report_figure import caption, make_figure
     # eight runs bunched within a point of each other: their labels must not overlap
     for i in range(8):
         fake_run(tmp_path / f"r{i}", clean=0.80 + 0.001 * i, robust={"pgd20": 0.60 + 0.001 * (i % 3)}, n=1000,

@@ -218,7 +218,7 @@ def test_cli_writes_the_files_and_a_bad_baseline_exits_2(tmp_path):
 def test_plot_bands_every_curve_measured_on_few_points_and_explains_every_series(tmp_path):
     import matplotlib.pyplot as plt
 
-    from leanrobust.speedup import caption, make_figure
+    from leanrobust.speedup_figure import caption, make_figure
     for s in (0, 1):
         fake_run(tmp_path, "base", s, BASE)
         fake_run(tmp_path, "fast", s, [(100, 0.6), (200, 0.7)])

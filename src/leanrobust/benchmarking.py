@@ -25,7 +25,7 @@ def benchmark(model: nn.Module, n_examples: Optional[int] = None, dataset: str =
     leanrobust name. The model takes inputs in [0,1] (normalisation inside it). eps defaults to the
     dataset's convention (8/255 Linf and 0.5 L2 on CIFAR, 0.3 on MNIST, 0.1 on Fashion-MNIST)."""
     # evaluation, config and data pull in pyautoattack, pydantic and platformdirs: imported when benchmarking
-    from .config import DataConfig
+    from .config_schema import DataConfig
     from .data.build import load_test_set as _load_test
     from .data.sources import dataset_info
     from .evaluate import evaluate_model, parse_attacks

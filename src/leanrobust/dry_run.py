@@ -13,7 +13,7 @@ def dry_run(cfg, run_dir: str | Path = "runs/dry-run") -> dict:
     """Validate a config end to end without training: build the data and the model, check the test set,
     then time two training batches to estimate the cost of one epoch. Writes nothing."""
     # the trainer, config and data pull in most of the package (pydantic, scipy, ...): imported for a dry run only
-    from .config import RunConfig
+    from .config_schema import RunConfig
     from .data.build import load_test_set as _load_test
     from .objectives import call_objective
     from .schedule import lr_factor

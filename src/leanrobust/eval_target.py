@@ -20,7 +20,7 @@ def load_test_set(dataset: str = "fashion_mnist", n: Optional[int] = None, *, ro
     """Test images as floats in [0,1] (N, C, H, W) and int64 labels, in the fixed shuffled order every
     leanrobust evaluation uses (the first n points are the same for every run and method)."""
     # config and data pull in pydantic and platformdirs: imported when loading, not with the package
-    from .config import DataConfig
+    from .config_schema import DataConfig
     from .data.augment import to_float
     from .data.build import load_test_set as _load
     from .data.sources import dataset_info
@@ -53,7 +53,8 @@ def eval_target(path: Optional[Path], *, model: Optional[str] = None, dataset: O
     model), an exported or model.safetensors file (its metadata, else --config/--dataset), or weights for
     `model` (a factory pkg.module:fn, see model_from_factory). Flags given explicitly always win."""
     # config and data pull in pydantic and platformdirs: imported when resolving, not with the package
-    from .config import DataConfig, load_config
+    from .config import load_config
+    from .config_schema import DataConfig
     from .data.build import load_test_set as _load_test
     from .data.sources import dataset_info
 

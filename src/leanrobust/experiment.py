@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from .config import RunConfig, load_config
+from .config import load_config
+from .config_schema import RunConfig
 from .runs import CONFIG, SUMMARY
 from .selection.schedule import SelectionSchedule
 from .train import Trainer

@@ -1,5 +1,6 @@
 """Compare finished runs: one table (markdown + JSON) and the accuracy-robustness trade-off plot
-(clean vs robust accuracy, and robust accuracy vs training cost), read from run directories.
+(clean vs robust accuracy, and robust accuracy vs training cost; drawn in report_figure.py), read from
+run directories.
 
 Each run contributes its summary.json and any `leanrobust eval` results (eval_*.json) at the
 run's own threat model; for every attack the evaluation on the most test points is kept, and each
@@ -15,8 +16,9 @@ from typing import Optional
 import yaml
 
 from .evaluate import ATTACK_RE
-from .figures import save_figure, write_outputs
+from .figures import pct, write_outputs
 from .masking import masking_flags, merge_masking, short_flag
+from .report_figure import caption, make_figure
 from .runs import CHECKPOINT, CONFIG, SUMMARY
 
 FAST_AA = "autoattack_fast"  # APGD-CE + APGD-T only: an upper bound on standard AutoAttack's accuracy
@@ -41,6 +43,11 @@ class RunRecord:
     robust: dict[str, tuple[float, int]] = field(default_factory=dict)
     device: str = ""
     masking: dict = field(default_factory=dict)
+
+    @property
+    def threat_model(self) -> str:
+        """'linf eps=0.1': runs are ranked together, but fronts are drawn only within one threat model."""
+        return f"{self.norm} eps={self.eps:g}"
 
 
 @dataclass
@@ -237,10 +244,6 @@ def default_attack(records: list[RunRecord]) -> str:
     return min(sorted(common), key=lambda a: sum(r.robust[a][0] for r in records))
 
 
-def threat_model(r: RunRecord) -> str:
-    return f"{r.norm} eps={r.eps:g}"
-
-
 def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     """Names whose (clean, robust) no other point matches or beats in both with one strictly better."""
     def dominated(a):
@@ -266,15 +269,11 @@ def build_report(paths: list[str | Path], attack: Optional[str] = None) -> Repor
     for r in lacking:
         skipped[r.path] = f"not evaluated with {attack} (run `leanrobust eval {r.path} {how}`)"
     ranked = sorted((r for r in records if attack in r.robust), key=lambda r: -r.robust[attack][0])
-    threats = sorted({threat_model(r) for r in ranked})
+    threats = sorted({r.threat_model for r in ranked})
     # one front per threat model: a run is not dominated by one attacked with a smaller radius
     front = [name for tm in threats for name in pareto_front(
-        {r.name: (r.clean_acc, r.robust[attack][0]) for r in ranked if threat_model(r) == tm})]
+        {r.name: (r.clean_acc, r.robust[attack][0]) for r in ranked if r.threat_model == tm})]
     return Report(records=ranked, attack=attack, front=front, skipped=skipped, threat_models=threats)
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
 
 
 def to_markdown(rep: Report) -> str:
@@ -300,147 +299,15 @@ def to_markdown(rep: Report) -> str:
                 cells.append("-")
                 continue
             acc, pts = r.robust[a]
-            cells.append(_pct(acc) + ("" if pts == r.n else f" ({pts})"))
+            cells.append(pct(acc) + ("" if pts == r.n else f" ({pts})"))
         lines.append(f"| {r.name} | {r.objective} | {r.data} | {r.norm} {r.eps:g} | {r.n_train} | "
-                     f"{_pct(r.clean_acc)} ({r.n}) | " + " | ".join(cells) + f" | {short_flag(r.masking)}"
+                     f"{pct(r.clean_acc)} ({r.n}) | " + " | ".join(cells) + f" | {short_flag(r.masking)}"
                      + f" | {r.train_seconds:.0f} | {r.grad_evals:,} | {r.device} | "
                      + f"{'*' if r.name in rep.front else ''} | {rank} |")
     lines += ["", f"Figure (report.png): {caption(rep)}"]
     if rep.skipped:
         lines += ["", "Not in the table:"] + [f"- {k}: {v}" for k, v in rep.skipped.items()]
     return "\n".join(lines) + "\n"
-
-
-ERROR_BAR_MAX_N = 10_000  # accuracies measured on fewer test points get a 95% binomial interval
-
-
-def binomial_ci(p: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of an accuracy p measured on n points (95% by default)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    d = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / d
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def _err(p: float, n: int) -> Optional[list[list[float]]]:
-    """Asymmetric error bar (in %) for matplotlib, None from ERROR_BAR_MAX_N points on."""
-    if n >= ERROR_BAR_MAX_N:
-        return None
-    lo, hi = binomial_ci(p, n)
-    return [[100 * (p - lo)], [100 * (hi - p)]]
-
-
-def caption(rep: Report) -> str:
-    """What every series of the figure means (printed under the plot and in report.md)."""
-    tms = "; ".join(f"{m} {tm}" for tm, m in zip(rep.threat_models, _MARKER_NAMES))
-    return (f"Left: clean accuracy against {rep.attack} accuracy; right: {rep.attack} accuracy against training cost "
-            "(grad evals: forward+backward sample passes of training, attacks and selection scoring included, log "
-            f"scale). Markers: the threat model each run was trained and attacked at ({tms}). Numbers: the run's "
-            "rank (column # of report.md; key below). Error bars: 95% Wilson binomial intervals of accuracies measured "
-            f"on fewer than {ERROR_BAR_MAX_N:,} test points (none from {ERROR_BAR_MAX_N:,} on). Pareto front (dashed "
-            "staircase, ringed runs): runs that no run of the same threat model beats in both clean and robust "
-            "accuracy.")
-
-
-_MARKERS = "osD^v<>p*h"
-_MARKER_NAMES = ("circle", "square", "diamond", "triangle", "down-triangle", "left-triangle", "right-triangle",
-                 "pentagon", "star", "hexagon")
-
-
-def _place_labels(fig, ax, points: list[tuple[float, float, str]], ringed: set[str]) -> list:
-    """Number labels next to their points, each at the first of a ring of offsets (growing outward) where it
-    overlaps no label placed before and no other run's marker, with a leader line once it sits away from
-    its point. ringed: labels of points drawn with a Pareto ring (a larger marker)."""
-    from matplotlib.text import Text
-    from matplotlib.transforms import Bbox
-
-    renderer = fig.canvas.get_renderer()
-    px = fig.dpi / 72
-    markers = []
-    for x, y, label in points:
-        cx, cy = ax.transData.transform((x, y))
-        r = (9 if label in ringed else 5) * px
-        markers.append(Bbox.from_extents(cx - r, cy - r, cx + r, cy + r))
-    offsets = [(dx * r, dy * r) for r in (1, 1.8, 2.6, 3.5, 5) for dx, dy in
-               ((6, 5), (6, -12), (-12, 5), (-12, -12), (9, -3), (-16, -3), (-3, 9), (-3, -16))]
-    placed: list = []
-    texts = []
-    for k, (x, y, label) in enumerate(points):
-        others = [b for j, b in enumerate(markers) if j != k]
-        for i, off in enumerate(offsets):
-            far = i >= 8
-            t = ax.annotate(label, (x, y), xytext=off, textcoords="offset points", fontsize=7, gid="label",
-                            arrowprops=dict(arrowstyle="-", lw=0.5, color="0.4", shrinkA=0, shrinkB=3) if far else None)
-            t.update_positions(renderer)
-            box = Text.get_window_extent(t, renderer)  # the text alone, not its leader line
-            if not any(box.overlaps(b) for b in placed + others) or i == len(offsets) - 1:
-                placed.append(box)
-                texts.append(t)
-                break
-            t.remove()
-    return texts
-
-
-def make_figure(rep: Report):
-    """The report's figure: left clean vs robust accuracy with the Pareto front, right robust accuracy vs
-    training cost; one marker per threat model, binomial error bars, numbered runs with a key and a caption."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import textwrap
-
-    key = [f"{i:>2}  {r.name} ({r.objective}; {r.data}; {threat_model(r)})" for i, r in enumerate(rep.records, 1)]
-    cap = textwrap.wrap(caption(rep), 150)
-    extra = 0.14 * (len(key) + 1) + 0.15 * len(cap) + 0.4
-    fig = plt.figure(figsize=(11, 4.5 + extra))
-    top = 4.5 / (4.5 + extra)
-    ax1 = fig.add_axes((0.07, 1 - top + 0.1 * top, 0.40, 0.78 * top))
-    ax2 = fig.add_axes((0.57, 1 - top + 0.1 * top, 0.40, 0.78 * top))
-    markers = dict(zip(rep.threat_models, _MARKERS))
-    acc = {r.name: rep.attack for r in rep.records}
-    for tm, mk in markers.items():
-        rs = [r for r in rep.records if threat_model(r) == tm]
-        for j, r in enumerate(rs):
-            y, pts = r.robust[acc[r.name]]
-            kw = dict(fmt=mk, color=f"C{rep.threat_models.index(tm)}", ms=6, capsize=2, elinewidth=0.8,
-                      label=tm if j == 0 else None)
-            ax1.errorbar([100 * r.clean_acc], [100 * y], xerr=_err(r.clean_acc, r.n), yerr=_err(y, pts), **kw)
-            ax2.errorbar([max(r.grad_evals, 1)], [100 * y], yerr=_err(y, pts), **kw)
-    for i, tm in enumerate(rep.threat_models):  # a staircase per threat model: no interpolation between runs
-        front = sorted((r for r in rep.records if r.name in rep.front and threat_model(r) == tm), key=lambda r: r.clean_acc)
-        xs, ys = [100 * r.clean_acc for r in front], [100 * r.robust[rep.attack][0] for r in front]
-        ax1.plot(xs, ys, "k--", lw=0.8, drawstyle="steps-pre")
-        # rings: the front is visible even when it is one run
-        ax1.scatter(xs, ys, s=160, facecolors="none", edgecolors="black", linewidths=0.9, gid="pareto",
-                    label="Pareto front" if i == 0 else None, zorder=3)
-    ax1.set(xlabel="clean accuracy (%)", ylabel=f"{rep.attack} accuracy (%)", title="accuracy-robustness trade-off")
-    ax2.set(xscale="log", xlabel="training cost (grad evals, log scale)", ylabel=f"{rep.attack} accuracy (%)",
-            title="robustness per compute")
-    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
-    ax2.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax2.xaxis.set_major_formatter(EngFormatter(sep=""))  # 1k, 20k, 5M: short labels that never collide
-    ax2.xaxis.set_minor_formatter(NullFormatter())
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.margins(0.12)
-    ax1.legend(fontsize=8, loc="best")
-    fig.canvas.draw()  # final limits: labels are placed in display coordinates
-    ringed = {str(i) for i, r in enumerate(rep.records, 1) if r.name in rep.front}
-    for ax, xof, rings in ((ax1, lambda r: 100 * r.clean_acc, ringed), (ax2, lambda r: max(r.grad_evals, 1), set())):
-        pts = [(xof(r), 100 * r.robust[rep.attack][0], str(i)) for i, r in enumerate(rep.records, 1)]
-        _place_labels(fig, ax, pts, rings)
-    y = 1 - top - 0.02 * top
-    fig.text(0.07, y, "\n".join(["Runs (number: rank):"] + key), va="top", ha="left", fontsize=7.5,
-             family="monospace", gid="key")
-    fig.text(0.07, 0.01, "\n".join(cap), va="bottom", ha="left", fontsize=7.5, gid="caption")
-    return fig
-
-
-def plot(rep: Report, path: str | Path) -> Path:
-    """Write make_figure(rep) as a PNG."""
-    return save_figure(make_figure(rep), path)
 
 
 def write_report(rep: Report, out_dir: str | Path) -> dict[str, Path]:

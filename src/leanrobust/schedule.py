@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from .config import OptimConfig
+from .config_schema import OptimConfig
 
 
 def lr_factor(cfg: OptimConfig, epoch: int, i: int, iters_per_epoch: int) -> float:

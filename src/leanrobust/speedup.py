@@ -1,6 +1,7 @@
 """Compute to reach a target held-out robust accuracy, read from each run's learning curve
 (metrics.jsonl), and the speed-up of every group of runs (one config `name`, several seeds) over a
-baseline group, with a bootstrap confidence interval over seeds.
+baseline group, with a bootstrap confidence interval over seeds (the table here; the figure:
+speedup_figure.py).
 
 Compute to target is the cumulative compute at the FIRST curve point whose metric is at or above the
 target: no interpolation between points, so the curve's spacing (an epoch, or
@@ -17,8 +18,14 @@ from typing import Optional
 import numpy as np
 import yaml
 
-from .figures import save_figure, write_outputs
+from .figures import pct, write_outputs
 from .runs import CONFIG, METRICS, SUMMARY
+from .speedup_figure import make_figure, metric_label, plot
+
+# the figure's names (speedup_figure.py) stay importable from here, as before they moved out
+__all__ = ["Curve", "GroupResult", "RunResult", "Speedup", "bootstrap_ratio", "build_speedup", "find_run_dirs",
+           "load_curves", "make_figure", "metric_label", "parse_target", "plot", "reach", "read_curve",
+           "speedup_from_curves", "to_markdown", "write_speedup"]
 
 
 @dataclass
@@ -232,7 +239,7 @@ def speedup_from_curves(curves: list[Curve], baseline: str, *, target: Optional[
         drop = 1.0 if drop is None else drop
         best = float(np.mean([c.best for c in base]))
         target = best - drop / 100
-        how = (f"baseline {baseline}'s best {label} {_pct(best)}% (mean over {len(base)} seed(s) of each seed's "
+        how = (f"baseline {baseline}'s best {label} {pct(best)}% (mean over {len(base)} seed(s) of each seed's "
                f"maximum) minus {drop:g} point(s)")
     groups: dict[str, list[Curve]] = {}
     for c in sorted(curves, key=lambda c: (c.name != baseline, c.name, c.seed)):
@@ -270,7 +277,7 @@ def _group(name: str, runs: list[RunResult]) -> GroupResult:
         if all(r.seconds is not None for r in runs):
             g.seconds = float(np.mean([r.seconds for r in runs]))
     elif len(runs) == 1:
-        notes.append(f"not reached (best {_pct(runs[0].best)}%)")
+        notes.append(f"not reached (best {pct(runs[0].best)}%)")
     else:
         notes.append(f"{g.reached}/{len(runs)} seeds reached")
     if len(runs) == 1:
@@ -280,14 +287,6 @@ def _group(name: str, runs: list[RunResult]) -> GroupResult:
         notes.append(f"{unfinished} unfinished")
     g.note = "; ".join(notes)
     return g
-
-
-def metric_label(metric: str) -> str:
-    return {"val_robust": "held-out robust accuracy", "val_clean": "held-out clean accuracy"}.get(metric, metric)
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
 
 
 def _ratio_cell(r: Optional[float], ci: Optional[tuple[float, float]], baseline: bool) -> str:
@@ -300,8 +299,8 @@ def _ratio_cell(r: Optional[float], ci: Optional[tuple[float, float]], baseline:
 
 def to_markdown(s: Speedup) -> str:
     label = metric_label(s.metric)
-    lines = [f"# Compute to reach {label} >= {_pct(s.target)}%", "",
-             f"Target {_pct(s.target)}%: {s.target_how}.", "",
+    lines = [f"# Compute to reach {label} >= {pct(s.target)}%", "",
+             f"Target {pct(s.target)}%: {s.target_how}.", "",
              "Compute to target: cumulative compute at the first curve point at or above the target (no "
              "interpolation between points), mean over seeds, only when every seed reached it. Speed-up = "
              "baseline mean / group mean (> 1: less compute than the baseline), in grad evals (forward+backward "
@@ -314,7 +313,7 @@ def to_markdown(s: Speedup) -> str:
               "speed-up in seconds [CI] | final grad evals | note |", "|---" * 9 + "|"]
     for g in s.groups:
         is_base = g.name == s.baseline
-        best = _pct(g.best_mean) + (f" ± {_pct(g.best_sd)}" if g.best_sd is not None else "")
+        best = pct(g.best_mean) + (f" ± {pct(g.best_sd)}" if g.best_sd is not None else "")
         lines.append(f"| {g.name} | {len(g.runs)} | {best} | "
                      f"{'-' if g.grad_evals is None else f'{g.grad_evals:,.0f}'} | "
                      f"{_ratio_cell(g.speedup, g.speedup_ci, is_base)} | "
@@ -326,83 +325,11 @@ def to_markdown(s: Speedup) -> str:
         for r in g.runs:
             at = (f"reached at {r.grad_evals:,} grad evals"
                   + (f", {r.seconds:.1f} s" if r.seconds is not None else "") + f" (epoch {r.epoch:g})"
-                  if r.reached else f"not reached (best {_pct(r.best)}%)")
+                  if r.reached else f"not reached (best {pct(r.best)}%)")
             lines.append(f"- {g.name} seed {r.seed} ({r.path}{'' if r.finished else ', unfinished'}): {at}")
     if s.skipped:
         lines += ["", "Not in the table:"] + [f"- {k}: {v}" for k, v in s.skipped.items()]
     return "\n".join(lines) + "\n"
-
-
-BAND_MAX_N = 10_000  # curve points measured on fewer held-out points get a 95% binomial band
-
-
-def _wilson(p: np.ndarray, n: int, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval (95%) of accuracies p, each measured on n points."""
-    d = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / d
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
-
-
-def caption(s: Speedup) -> str:
-    """What every series of the curves plot means (printed under it)."""
-    ns = sorted({c.val_n for c in s.curves if c.val_n})
-    band = (f"Shaded: 95% Wilson binomial interval of each seed's accuracy on its {', '.join(map(str, ns))} held-out "
-            "points" if ns and max(ns) < BAND_MAX_N else "No intervals: curves measured on 10,000 or more points, or "
-            "on a varying number")
-    return (f"{metric_label(s.metric).capitalize()} against training compute (grad evals: forward+backward sample "
-            "passes of training, selection scoring included, validation excluded; log scale). One colour per group "
-            "(config name): thin lines are its seeds, the thick line with dots their mean at the points every seed logged. "
-            f"{band}. Dashed line: the target {_pct(s.target)}% ({s.target_how}). Star: the group's reach point, "
-            "the mean grad evals at which its seeds first reached the target (only when every seed did).")
-
-
-def make_figure(s: Speedup):
-    """The metric (%) against grad evals for every run on one figure: a colour per group, seeds as thin
-    lines with binomial bands, the group's mean curve (over the points every seed logged) thick, the target
-    dashed, and each group's reach point (mean grad evals to target) starred; legend and caption below."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import textwrap
-
-    cap = textwrap.wrap(caption(s), 110)
-    rows = (len(s.groups) + 2 + 1) // 2  # legend entries in two columns
-    extra = 0.22 * rows + 0.15 * len(cap) + 0.6
-    fig = plt.figure(figsize=(8, 5 + extra))
-    top = 5 / (5 + extra)
-    ax = fig.add_axes((0.1, 1 - top + 0.12 * top, 0.86, 0.78 * top))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, g in enumerate(s.groups):
-        colour, cs = colours[i % len(colours)], [c for c in s.curves if c.name == g.name]
-        for c in cs:
-            ax.plot(c.grad_evals, [100 * v for v in c.value], color=colour, lw=0.8, alpha=0.45)
-            if c.val_n and c.val_n < BAND_MAX_N and c.value:
-                lo, hi = _wilson(np.asarray(c.value, dtype=float), c.val_n)
-                ax.fill_between(c.grad_evals, 100 * lo, 100 * hi, color=colour, alpha=0.12, lw=0, gid="band")
-        common = sorted(set.intersection(*(set(c.epoch) for c in cs)) - {None}) if cs else []
-        if common:  # mean over seeds at each epoch (or mid-epoch point) they all logged
-            at = [[c.epoch.index(e) for e in common] for c in cs]
-            x = np.mean([[c.grad_evals[j] for j in idx] for c, idx in zip(cs, at)], axis=0)
-            y = np.mean([[100 * c.value[j] for j in idx] for c, idx in zip(cs, at)], axis=0)
-            ax.plot(x, y, color=colour, lw=2.2, marker="o", ms=3, label=f"{g.name} (mean of {len(cs)} seed(s))")
-        if g.grad_evals is not None:
-            ax.plot([g.grad_evals], [100 * s.target], marker="*", ms=14, color=colour, mec="black", ls="none")
-    ax.axhline(100 * s.target, color="black", ls="--", lw=1, label=f"target {_pct(s.target)}%")
-    ax.plot([], [], marker="*", ms=12, color="white", mec="black", ls="none", label="reach point (mean over seeds)")
-    ax.set(xscale="log", xlabel="training compute (grad evals: forward+backward sample passes)",
-           ylabel=f"{metric_label(s.metric)} (%)",
-           title=f"{metric_label(s.metric)} vs compute; target {_pct(s.target)}%")
-    ax.grid(alpha=0.3)
-    # below the axes: a legend never hides a curve
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.13), ncol=2, frameon=False)
-    fig.text(0.1, 0.01, "\n".join(cap), va="bottom", ha="left", fontsize=7.5, gid="caption")
-    return fig
-
-
-def plot(s: Speedup, path: str | Path) -> Path:
-    """Write make_figure(s) as a PNG."""
-    return save_figure(make_figure(s), path)
 
 
 def write_speedup(s: Speedup, out_dir: str | Path) -> dict[str, Path]:

@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from . import __version__, distributed
 from .accounting import PassCounter
-from .config import RunConfig, dump_config
+from .config import dump_config
+from .config_schema import RunConfig
 from .data.augment import augment_batch, to_float
 from .data.build import TrainingData, build_training_data, load_test_set
 from .data.fingerprint import check_fingerprint, run_fingerprint

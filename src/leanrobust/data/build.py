@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import DataConfig
+from ..config_schema import DataConfig
 from .augment import to_float
 from .pool import Pool, split_validation
 from .shards import open_images

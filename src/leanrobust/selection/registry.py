@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from ..config import SELECTION_METHODS
+from ..config_schema import SELECTION_METHODS
 from .gradmatch import gradmatch_selection
 from .pruning import PRUNE_MODES, select_by_score
 from .puma import puma_selection
@@ -74,8 +74,8 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in [
                COMMON_PARAMS | (_scorer_params("margin") - {"margin_norm"}) | _PUMA, _PUMA, fixed_prune=True),
     MethodSpec("gradmatch", None, None, gradmatch_selection, COMMON_PARAMS | _GRADMATCH, _GRADMATCH),
 ]}
-if tuple(METHODS) != SELECTION_METHODS:  # config.py validates selection.method against its own tuple of names
-    raise RuntimeError(f"selection/registry.py METHODS {tuple(METHODS)} differ from config.SELECTION_METHODS "
+if tuple(METHODS) != SELECTION_METHODS:  # config_schema.py validates selection.method against its own names
+    raise RuntimeError(f"selection/registry.py METHODS {tuple(METHODS)} differ from config_schema.SELECTION_METHODS "
                        f"{SELECTION_METHODS}: add or remove a method in both")
 
 

@@ -66,7 +66,7 @@ class SelectionSchedule:
     its counts through the trainer's checkpoint. `.calls`: the epochs where it returned a new Selection;
     `.last_scores`: the scores of the last one."""
 
-    def __init__(self, cfg):  # cfg: a config.RunConfig
+    def __init__(self, cfg):  # cfg: a config_schema.RunConfig
         sc = cfg.selection
         self.spec = check_selection(sc) if sc.method != "none" else None
         self.fraction, self.prune, self.class_balanced = sc.fraction, sc.prune, sc.class_balanced
