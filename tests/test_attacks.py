@@ -208,7 +208,7 @@ def test_deepfool_l2_equals_exact_distance_on_affine_multiclass():
     with torch.no_grad():
         z = model(x)
     y = z.argmax(1)
-    w, b = lin.weight, lin.bias
+    w = lin.weight
     with torch.no_grad():
         gap = z.gather(1, y[:, None]) - z  # f_y - f_k >= 0
         wn = (w[y][:, None, :] - w[None, :, :]).norm(dim=2)  # ||w_y - w_k||_2

@@ -10,7 +10,7 @@ from leanrobust.selection.kcenter import kcenter_selection
 from leanrobust.selection.mfc import (coverage, greedy_cover, lp_relaxation, mfc_selection, milp_cover,
                                       to_unit_flat)
 from leanrobust.selection.random_subset import random_selection
-from leanrobust.selection.selection import Selection
+from leanrobust.selection import Selection
 
 P = {"l2": 2.0, "l1": 1.0, "linf": math.inf}
 DUAL = {"l2": 2.0, "l1": math.inf, "linf": 1.0}  # dual norm of the covering/attack norm

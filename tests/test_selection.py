@@ -55,7 +55,7 @@ def test_deepfool_margin_of_linear_model_is_the_closed_form_distance(norm, q):
     with torch.no_grad():
         z = model(x)
     pred = z.argmax(1)
-    W, b = model[1].weight.detach(), model[1].bias.detach()
+    W = model[1].weight.detach()
     dist = []
     for i in range(20):
         k = [j for j in range(3) if j != pred[i]]

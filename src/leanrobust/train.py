@@ -33,7 +33,7 @@ from .objectives import call_objective
 from .runs import (BEST, BEST_NEXT, CHECKPOINT, CONFIG, METRICS, RUN_FILES, SUMMARY, WEIGHTS, build_from_spec,
                    model_spec, resolve_device, seed_everything)
 from .schedule import lr_factor
-from .selection import Selection
+from .selection_contract import Selection
 
 
 class NonFiniteLossError(RuntimeError):

@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
         from ..data.fingerprint import train_hint
         from ..selection.registry import METHODS, resolve_prune, select_from_scores
         from ..selection.scores_file import read_scores
-        from ..selection.selection import Selection
+        from ..selection_contract import Selection
 
         try:
             arrays, meta = read_scores(scores_path)

@@ -1,4 +1,4 @@
 """Scores, selectors and the Selection contract."""
-from .selection import Selection
+from ..selection_contract import Selection
 
 __all__ = ["Selection"]

@@ -17,7 +17,7 @@ from ..attacks.common import eval_mode
 from ..data.augment import to_float
 from ..models import last_linear
 from .pruning import _as_numpy, _labels, class_quotas, resolve_count
-from .selection import Selection
+from ..selection_contract import Selection
 
 
 def last_layer_factors(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps=0.1,

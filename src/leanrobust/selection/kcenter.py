@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from .distances import check_metric, farthest_point, to_unit_flat
 from .random_subset import _labels_numpy, check_nonneg, class_budgets
-from .selection import Selection
+from ..selection_contract import Selection
 
 
 def kcenter_selection(images, labels, *, ipc: int | None = None, fraction: float | None = None,

@@ -42,7 +42,7 @@ from .cover import SOLVERS, CoverResult, greedy_cover, lp_relaxation, milp_cover
 from .distances import (METRICS, Coverage, check_metric, coverage, exact_distance, farthest_point, k_centre_lower_bound,
                         to_unit_flat)
 from .random_subset import _labels_numpy, check_nonneg, class_budgets
-from .selection import Selection
+from ..selection_contract import Selection
 
 # the distance and solver names are also importable from here, as before they moved to distances.py and cover.py
 __all__ = ["METRICS", "SOLVERS", "ClassReport", "Coverage", "CoverResult", "MFCReport", "VacuousCoverError", "coverage",

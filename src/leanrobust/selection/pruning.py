@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..data.pool import largest_remainder
-from .selection import Selection
+from ..selection_contract import Selection
 
 PRUNE_MODES = ("highest", "lowest")
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .pruning import _as_numpy, _labels, class_quotas, resolve_count, select_by_score
-from .selection import Selection
+from ..selection_contract import Selection
 
 
 def puma_eps(margins, eps: float, *, floor: float = 0.0, scale: float = 1.0) -> np.ndarray:

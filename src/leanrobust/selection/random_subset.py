@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from .selection import Selection
+from ..selection_contract import Selection
 
 
 def _labels_numpy(labels) -> np.ndarray:

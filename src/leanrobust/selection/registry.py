@@ -11,7 +11,7 @@ from .gradmatch import gradmatch_selection
 from .pruning import PRUNE_MODES, select_by_score
 from .puma import puma_selection
 from .scores import SCORERS
-from .selection import Selection
+from ..selection_contract import Selection
 
 COMMON_PARAMS = frozenset({"batch_size", "steps"})  # scoring batch, PGD steps of scoring (default: the objective's)
 

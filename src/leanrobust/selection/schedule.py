@@ -16,7 +16,7 @@ from ..models import last_linear
 from .gradmatch import gradmatch_select, last_layer_factors
 from .registry import check_selection, select_from_scores
 from .scores import SCORERS, ForgettingTracker, compute_scores, correctness
-from .selection import Selection
+from ..selection_contract import Selection
 
 
 def selection_epochs(start_epoch: int, every: Optional[int], epochs: int) -> list[int]:

@@ -1,5 +1,6 @@
-"""The one contract every data-selection method produces: which pool samples are used,
-how much each counts, and how hard each is attacked (docs/architecture.md, "selection/")."""
+"""The one contract every data-selection method produces: which pool samples are used, how much each
+counts, and how hard each is attacked (docs/architecture.md, "selection/"). It sits in core, below the
+trainer, so the trainer imports no selection method."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.fingerprint import KEY, fingerprint_array, read_fingerprint
-from ..io import write_npz
+from .data.fingerprint import KEY, fingerprint_array, read_fingerprint
+from .io import write_npz
 
 
 @dataclass
