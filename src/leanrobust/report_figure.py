@@ -1,14 +1,12 @@
 """The report's figure: clean vs robust accuracy with the Pareto front, and robust accuracy vs training
-cost; one marker per threat model, Wilson error bars, numbered runs placed apart, a key and a caption."""
+cost; one marker per threat model, Wilson error bars, numbered runs placed apart, a key and a caption.
+Its functions take a report.Report (typed Any: this module is imported by report.py, not the reverse)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional
 
 from .figures import binomial_ci, save_figure
-
-if TYPE_CHECKING:
-    from .report import Report
 
 ERROR_BAR_MAX_N = 10_000  # accuracies measured on fewer test points get a 95% binomial interval
 
@@ -21,7 +19,7 @@ def _err(p: float, n: int) -> Optional[list[list[float]]]:
     return [[100 * (p - lo)], [100 * (hi - p)]]
 
 
-def caption(rep: Report) -> str:
+def caption(rep: Any) -> str:
     """What every series of the figure means (printed under the plot and in report.md)."""
     tms = "; ".join(f"{m} {tm}" for tm, m in zip(rep.threat_models, _MARKER_NAMES))
     return (f"Left: clean accuracy against {rep.attack} accuracy; right: {rep.attack} accuracy against training cost "
@@ -72,7 +70,7 @@ def _place_labels(fig, ax, points: list[tuple[float, float, str]], ringed: set[s
     return texts
 
 
-def make_figure(rep: Report):
+def make_figure(rep: Any):
     """The report's figure: left clean vs robust accuracy with the Pareto front, right robust accuracy vs
     training cost; one marker per threat model, binomial error bars, numbered runs with a key and a caption."""
     import matplotlib
@@ -127,6 +125,6 @@ def make_figure(rep: Report):
     return fig
 
 
-def plot(rep: Report, path: str | Path) -> Path:
+def plot(rep: Any, path: str | Path) -> Path:
     """Write make_figure(rep) as a PNG."""
     return save_figure(make_figure(rep), path)

@@ -1,16 +1,14 @@
 """The speed-up figure: every run's learning curve against compute (a colour per group, seeds thin with
-Wilson bands, the group's mean thick), the target and each group's reach point, with a caption."""
+Wilson bands, the group's mean thick), the target and each group's reach point, with a caption.
+Its functions take a speedup.Speedup (typed Any: this module is imported by speedup.py, not the reverse)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from .figures import binomial_ci, pct, save_figure
-
-if TYPE_CHECKING:
-    from .speedup import Speedup
 
 
 def metric_label(metric: str) -> str:
@@ -21,7 +19,7 @@ def metric_label(metric: str) -> str:
 BAND_MAX_N = 10_000  # curve points measured on fewer held-out points get a 95% binomial band
 
 
-def caption(s: Speedup) -> str:
+def caption(s: Any) -> str:
     """What every series of the curves plot means (printed under it)."""
     ns = sorted({c.val_n for c in s.curves if c.val_n})
     band = (f"Shaded: 95% Wilson binomial interval of each seed's accuracy on its {', '.join(map(str, ns))} held-out "
@@ -34,7 +32,7 @@ def caption(s: Speedup) -> str:
             "the mean grad evals at which its seeds first reached the target (only when every seed did).")
 
 
-def make_figure(s: Speedup):
+def make_figure(s: Any):
     """The metric (%) against grad evals for every run on one figure: a colour per group, seeds as thin
     lines with binomial bands, the group's mean curve (over the points every seed logged) thick, the target
     dashed, and each group's reach point (mean grad evals to target) starred; legend and caption below."""
@@ -77,6 +75,6 @@ def make_figure(s: Speedup):
     return fig
 
 
-def plot(s: Speedup, path: str | Path) -> Path:
+def plot(s: Any, path: str | Path) -> Path:
     """Write make_figure(s) as a PNG."""
     return save_figure(make_figure(s), path)
