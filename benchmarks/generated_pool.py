@@ -35,7 +35,9 @@ from leanrobust.io import write_npz
 ROOT = Path("runs/bench/generated_pool")
 GEN_CONFIG = Path(__file__).parent.parent / "configs" / "synth" / "fmnist_ddpm.yaml"
 TTR_BASE = Path(__file__).parent / "configs" / "time_to_robustness.yaml"
-CLASSIFIER = Path("runs/bench/time_to_robustness/pgd_at_e15_s0/run")  # converged real-data PGD-AT
+# the converged real-data PGD-AT (time_to_robustness row pgd_at_e15_s0): its committed weights, so quality
+# does not depend on a runs folder an earlier session left behind
+CLASSIFIER = RESULTS / "time_to_robustness_models" / "pgd_at_e15_s0.safetensors"
 GEN_STEPS = 5000   # 320,000 images seen, 5.5 epochs of the 58k pool (budget: see the results file)
 KEEP_EVERY = 1000
 TIMES = 2          # the pool: 2x the real set
