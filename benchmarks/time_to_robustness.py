@@ -430,7 +430,8 @@ def autoattack_stage(p: Protocol, names: list[str], n: int, version: str, device
     images, labels = load_test_set(cfg.data)
     for name in names:
         key = f"{name}@{n}:{version}"
-        if key in done_rows(out):
+        prev = done_rows(out).get(key)
+        if prev and "pgd20" in prev:
             continue
         row_dir = RUNS / p.table / name
         if not claim(row_dir / "aa"):
@@ -438,12 +439,16 @@ def autoattack_stage(p: Protocol, names: list[str], n: int, version: str, device
         try:
             model = load(p.models / f"{name}.safetensors", device=dev)
             t0 = time.perf_counter()
+            # PGD-20 on the same points gives the PGD-vs-AutoAttack gap (a masking check); a row from before
+            # it was recorded gets it on a rerun, its finished AutoAttack read back from the state file
             res = evaluate_model(model, images, labels, eps=cfg.objective.eps, norm=cfg.objective.norm,
-                                 attacks=["autoattack"], n=n, autoattack_version=version, device=dev,
+                                 attacks=["pgd20", "autoattack"], n=n, autoattack_version=version, device=dev,
                                  state_dir=row_dir / "aa", progress=False)
             append_row(out, {"name": key, "row": name, "n": n, "version": version,
-                             "autoattack": res["robust_acc"]["autoattack"], "clean_acc": res["clean_acc"],
-                             "seconds": time.perf_counter() - t0, "device": device_label(dev), "git": git_commit(),
+                             "autoattack": res["robust_acc"]["autoattack"], "pgd20": res["robust_acc"]["pgd20"],
+                             "clean_acc": res["clean_acc"], "masking": res["masking"],
+                             "seconds": prev["seconds"] if prev else time.perf_counter() - t0,
+                             "device": device_label(dev), "git": git_commit(),
                              "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
             print(f"[{p.table}] AutoAttack {key}: {100 * res['robust_acc']['autoattack']:.2f}%", flush=True)
         finally:

@@ -406,12 +406,20 @@ def autoattack_table(path: Path) -> list[str]:
     rows = list(done_rows(path).values())
     if not rows:
         return ["", "## AutoAttack", "", "Not run yet (`--autoattack ROW ... --aa-n 1000`)."]
-    lines = ["", "## AutoAttack", "", "| row | test points | version | robust accuracy | s | device |",
-             "|---|---|---|---|---|---|"]
+    lines = ["", "## AutoAttack", "",
+             "On the first n test points; PGD-20 on the same points, so their gap reads as a gradient-masking "
+             "check (flagged when PGD-20 - AutoAttack exceeds max(6 points, 3 SE); ± 95% binomial intervals).", "",
+             "| row | test points | version | clean | PGD-20 | AutoAttack | PGD-20 - AA | masking | s | device |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: r["row"]):
         label = r["version"] + (" (upper bound)" if r["version"] == "fast" else "")
-        lines.append(f"| {r['row']} | {r['n']} | {label} | {100 * r['autoattack']:.2f} ± "
-                     f"{binom_ci(r['autoattack'], r['n']):.2f} | {r['seconds']:,.0f} | {r['device']} |")
+        aa, n = r["autoattack"], r["n"]
+        pgd = f"{100 * r['pgd20']:.2f} ± {binom_ci(r['pgd20'], n):.2f}" if "pgd20" in r else "-"
+        gap = f"{100 * (r['pgd20'] - aa):+.2f}" if "pgd20" in r else "-"
+        flag = ("⚠ " + "; ".join(r["masking"]["reasons"]) if r["masking"].get("flag") else "no") \
+            if r.get("masking") else "-"
+        lines.append(f"| {r['row']} | {n} | {label} | {100 * r['clean_acc']:.2f} | {pgd} | {100 * aa:.2f} ± "
+                     f"{binom_ci(aa, n):.2f} | {gap} | {flag} | {r['seconds']:,.0f} | {r['device']} |")
     return lines
 
 

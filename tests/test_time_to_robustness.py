@@ -182,3 +182,27 @@ def test_recipe_verdict_reads_the_speedup_against_its_own_family():
     never = [_curved("gen_recipe", s, [2_000_000], [0.5]) for s in range(3)]
     assert report._recipe_measure(report.family_speedups(base + never, 15, 2000))[1] == "not reached"
     assert report._recipe_measure({})[1] == "undecided"
+
+
+def test_autoattack_table_shows_the_pgd_gap_on_the_same_points_and_the_masking_flag(tmp_path):
+    import json
+
+    from leanrobust.masking import masking_flags
+
+    n = 1000
+    honest = masking_flags({"pgd20": 0.74, "autoattack": 0.73}, n, autoattack_n=n)
+    masked = masking_flags({"pgd20": 0.60, "autoattack": 0.30}, n, autoattack_n=n)
+    assert not honest["flag"] and masked["flag"]
+    rows = [{"name": "a@1000:standard", "row": "a", "n": n, "version": "standard", "autoattack": 0.73,
+             "pgd20": 0.74, "clean_acc": 0.8, "masking": honest, "seconds": 10.0, "device": "cpu"},
+            {"name": "b@1000:standard", "row": "b", "n": n, "version": "standard", "autoattack": 0.30,
+             "pgd20": 0.60, "clean_acc": 0.8, "masking": masked, "seconds": 10.0, "device": "cpu"},
+            {"name": "c@500:fast", "row": "c", "n": 500, "version": "fast", "autoattack": 0.5,  # an older row
+             "clean_acc": 0.8, "seconds": 10.0, "device": "cpu"}]
+    path = tmp_path / "aa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in report.autoattack_table(path)
+             if line.startswith("| ") and not line.startswith("| row")}
+    assert cells["a"][4].startswith("74.00 ± ") and cells["a"][6] == "+1.00" and cells["a"][7] == "no"
+    assert cells["b"][6] == "+30.00" and cells["b"][7].startswith("⚠ ")
+    assert cells["c"][2] == "fast (upper bound)" and cells["c"][4] == "-" and cells["c"][7] == "-"
