@@ -455,10 +455,20 @@ def autoattack_stage(p: Protocol, names: list[str], n: int, version: str, device
             (row_dir / "aa" / "claim").unlink(missing_ok=True)
 
 
+def select_rows(all_rows: list[dict], stages: list[str] | None, only: list[str] | None) -> list[dict]:
+    """The rows to run: those of the given stages, narrowed to the named rows when --only is given too (a
+    name alone selects its row whatever its stage). An unknown name is an error, not an empty run."""
+    unknown = sorted(set(only or ()) - {r["name"] for r in all_rows})
+    if unknown:
+        raise SystemExit(f"unknown rows: {', '.join(unknown)} (--list shows them)")
+    return [r for r in all_rows if (stages or only) and (not stages or r["stage"] in stages)
+            and (not only or r["name"] in only)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--stage", action="append", choices=STAGES, help="run these stages (default: none)")
-    ap.add_argument("--only", nargs="*", help="run only these rows")
+    ap.add_argument("--only", nargs="*", help="run only these rows (with --stage: only those of its rows)")
     ap.add_argument("--list", action="store_true", help="list the rows and their state")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--gpu", action="store_true", help="the CIFAR-10 size of the protocol (PreActResNet-18)")
@@ -479,8 +489,7 @@ def main() -> None:
     if a.autoattack:
         autoattack_stage(p, a.autoattack, a.aa_n, a.aa_version, a.device)
     elif not a.report_only:
-        selected = [r for r in all_rows if (a.stage and r["stage"] in a.stage) or (a.only and r["name"] in a.only)]
-        run(p, selected, a.device)
+        run(p, select_rows(all_rows, a.stage, a.only), a.device)
     from time_to_robustness_report import write_report  # the analysis: curves, speed-ups, verdicts
 
     write_report(all_rows, p)

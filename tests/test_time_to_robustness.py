@@ -206,3 +206,15 @@ def test_autoattack_table_shows_the_pgd_gap_on_the_same_points_and_the_masking_f
     assert cells["a"][4].startswith("74.00 ± ") and cells["a"][6] == "+1.00" and cells["a"][7] == "no"
     assert cells["b"][6] == "+30.00" and cells["b"][7].startswith("⚠ ")
     assert cells["c"][2] == "fast (upper bound)" and cells["c"][4] == "-" and cells["c"][7] == "-"
+
+
+def test_select_rows_narrows_a_stage_to_the_named_rows_and_refuses_unknown_names():
+    rows = ttr.rows(ttr.CPU)
+    comp = [r["name"] for r in ttr.select_rows(rows, ["compression"], None)]
+    assert comp and all(n in {r["name"] for r in rows if r["stage"] == "compression"} for n in comp)
+    both = ttr.select_rows(rows, ["compression"], ["random_l2_ipc10_s0", "pgd_at_e15_s1"])
+    assert [r["name"] for r in both] == ["random_l2_ipc10_s0"]  # a stage and names: both must hold
+    assert [r["name"] for r in ttr.select_rows(rows, None, ["pgd_at_e15_s1"])] == ["pgd_at_e15_s1"]
+    assert ttr.select_rows(rows, None, None) == []
+    with pytest.raises(SystemExit, match="unknown rows: nope"):
+        ttr.select_rows(rows, None, ["nope"])
