@@ -81,6 +81,39 @@ def test_mfc_verdict_follows_the_interval():
     assert verdict == "undecided" and "AutoAttack" in why
 
 
+def test_mfc_measure_shows_the_comparisons_measured_while_rows_are_missing():
+    g = {"random_l2_ipc10": _rows("random_l2_ipc10", [0.44]),
+         "mfc_gen_l2_ipc10": _rows("mfc_gen_l2_ipc10", [0.10, 0.10, 0.10])}
+    meas, verdict, why = report._mfc_measure(g)
+    assert verdict == "undecided" and "dm_l2_ipc10" in why and "mfc_plain_l2_ipc10" in why
+    assert "mfc_gen - random (3 vs 1 seeds): -34.00" in meas and "- dm" not in meas
+
+
+def _seeded(group: str, accs: list[float]) -> list[dict]:
+    return [_trained(group, i, 1, a) for i, a in enumerate(accs)]
+
+
+def test_puma_verdict_is_taken_at_the_kept_shares_of_its_range():
+    base = {"pgd_at_e15": _seeded("pgd_at_e15", [0.73]), "random_50": _seeded("random_50", [0.71]),
+            "random_70": _seeded("random_70", [0.72]), "random_30": _seeded("random_30", [0.69])}
+    partial = {**base, "puma_50": _seeded("puma_50", [0.665])}
+    meas, verdict, why = report._puma_measure(partial, 15)
+    assert verdict == "undecided" and why == "rows not run yet: puma_70"
+    assert "50% kept, PUMA - random (1 vs 1 seeds): -4.50" in meas
+    # below random at 50% and 70% kept decides it; 30% kept lies outside PUMA's 20-50% pruning
+    worse = {**partial, "puma_70": _seeded("puma_70", [0.68])}
+    meas, verdict, why = report._puma_measure(worse, 15)
+    assert verdict == "not reproduced" and "50%, 70%" in why
+    better_outside = {**worse, "puma_30": _seeded("puma_30", [0.75])}
+    meas, verdict, _ = report._puma_measure(better_outside, 15)
+    assert verdict == "not reproduced" and "30% kept (outside its range)" in meas
+    level = {**partial, "puma_70": _seeded("puma_70", [0.72])}
+    assert report._puma_measure(level, 15)[1] == "undecided"
+    above = {**partial, "puma_70": _seeded("puma_70", [0.76])}
+    meas, verdict, why = report._puma_measure(above, 15)
+    assert verdict == "undecided" and "AutoAttack" in why
+
+
 def test_compression_rows_stay_out_of_the_full_data_speedups():
     curve = [{"epoch": 1, "grad_evals": 10, "train_seconds": 1.0, "val_robust": 0.5, "val_n": 2000}]
     base = {"name": "pgd_at_e15_s0", "group": "pgd_at_e15", "seed": 0, "stage": "plateau", "overrides": [],
