@@ -242,10 +242,11 @@ def _mfc_measure(g: dict, ipc: int = 10, norm: str = "l2") -> tuple[str, str, st
     vac = [r["info"].get("vacuous") for r in g.get(names["mfc_gen"], [])]
     meas = (f"L2 eps {eps}, {ipc} ipc, test PGD-20: " + "; ".join(parts) + (
         "; the covering is vacuous (all centres' eps + eta balls share an image)" if any(vac) else "")) if parts else "-"
+    if below:  # below one baseline refutes "better than both", whatever the other gives
+        return meas, "not reproduced", f"the generalized loss is below {' and '.join(below)} (95% CI)" + (
+            f"; still to run: {', '.join(need)}" if need else "")
     if need:
         return meas, "undecided", "rows not run yet: " + ", ".join(need)
-    if below:
-        return meas, "not reproduced", f"the generalized loss is below {' and '.join(below)} (95% CI)"
     if len(above) == 2:
         return meas, "undecided", "above DM and random under PGD-20; AutoAttack on the rows still to run"
     return meas, "undecided", "no significant difference from " + " and ".join(

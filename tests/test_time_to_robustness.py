@@ -85,8 +85,12 @@ def test_mfc_measure_shows_the_comparisons_measured_while_rows_are_missing():
     g = {"random_l2_ipc10": _rows("random_l2_ipc10", [0.44]),
          "mfc_gen_l2_ipc10": _rows("mfc_gen_l2_ipc10", [0.10, 0.10, 0.10])}
     meas, verdict, why = report._mfc_measure(g)
-    assert verdict == "undecided" and "dm_l2_ipc10" in why and "mfc_plain_l2_ipc10" in why
+    # below random beyond the interval already refutes "better than DM and random"; DM is named as still to run
+    assert verdict == "not reproduced" and "below random" in why and "dm_l2_ipc10" in why
     assert "mfc_gen - random (3 vs 1 seeds): -34.00" in meas and "- dm" not in meas
+    level = {**g, "mfc_gen_l2_ipc10": _rows("mfc_gen_l2_ipc10", [0.44, 0.44, 0.44])}
+    meas, verdict, why = report._mfc_measure(level)
+    assert verdict == "undecided" and "dm_l2_ipc10" in why
 
 
 def _seeded(group: str, accs: list[float]) -> list[dict]:
