@@ -13,16 +13,25 @@ FAMILIES = {"pgd_at": "PGD-AT", "trades": "TRADES", "mart": "MART",  # baseline 
             "gen_trades": "TRADES on real + generated"}
 
 
-def curve_of(row: dict, val_n: int) -> Curve:
+def device_kind(row: dict) -> str:
+    """'cpu' or 'cuda' from a row's device label ('cpu:2 cores (x86_64)', 'cuda:NVIDIA H200', ...)."""
+    return str(row.get("device") or "cpu").split(":", 1)[0]
+
+
+def curve_of(row: dict, val_n: int, seconds_on: str | None = None) -> Curve:
     """The row's learning curve as a speedup.Curve, with the compute spent before training (scoring with a
     pretrained model: info.scoring_grad_evals / scoring_seconds) added to every point: it is the row's cost.
-    val_n: the held-out points of the base config, for rows written before their curves recorded it."""
+    val_n: the held-out points of the base config, for rows written before their curves recorded it.
+    seconds_on: keep wall seconds only for rows trained on this kind of device (seconds on a shared GPU and
+    on the CPU are not one unit); the others compare by grad evals alone."""
     pts = row.get("curve") or []
     info = row.get("info") or {}
     g0, s0 = int(info.get("scoring_grad_evals", 0)), float(info.get("scoring_seconds", 0.0))
+    timed = seconds_on is None or device_kind(row) == seconds_on
     return Curve(path=row["name"], name=row["group"], seed=int(row["seed"]), finished=True,
                  epoch=[p["epoch"] for p in pts], grad_evals=[int(p["grad_evals"]) + g0 for p in pts],
-                 seconds=[None if p.get("train_seconds") is None else p["train_seconds"] + s0 for p in pts],
+                 seconds=[None if p.get("train_seconds") is None or not timed else p["train_seconds"] + s0
+                          for p in pts],
                  value=[float(p["val_robust"]) for p in pts],
                  val_n=pts[0].get("val_n", val_n) if pts else None)
 
@@ -73,7 +82,8 @@ def family_speedups(done: list[dict], epochs: int, val_n: int) -> dict[str, Spee
         base = f"{fam}_e{epochs}"
         rows = [r for r in done if family(r) == fam and r.get("curve") and r.get("stage") != "compression"]
         if any(r["group"] == base for r in rows):
-            curves = [curve_of(r, val_n) for r in rows]
+            kind = device_kind(next(r for r in rows if r["group"] == base))  # seconds in the baseline's unit
+            curves = [curve_of(r, val_n, seconds_on=kind) for r in rows]
             out[fam] = speedup_from_curves(curves, base)
     return out
 

@@ -255,3 +255,20 @@ def test_select_rows_narrows_a_stage_to_the_named_rows_and_refuses_unknown_names
     assert ttr.select_rows(rows, None, None) == []
     with pytest.raises(SystemExit, match="unknown rows: nope"):
         ttr.select_rows(rows, None, ["nope"])
+
+
+def test_rows_from_another_device_compare_by_grad_evals_only():
+    """A row trained on a (shared) GPU keeps its grad-eval speed-up against a CPU baseline but gets no
+    speed-up in wall seconds: the two devices' seconds are not one unit."""
+    def row(group, device, evals):
+        curve = [{"epoch": e, "grad_evals": g, "train_seconds": 10.0 * e, "val_robust": v, "val_n": 2000}
+                 for e, (g, v) in enumerate(zip(evals, (0.5, 0.7, 0.72)), start=1)]
+        return {"name": f"{group}_s0", "group": group, "seed": 0, "stage": "x", "overrides": [], "curve": curve,
+                "device": device}
+    done = [row("pgd_at_e15", "cpu:2 cores (x86_64)", (100, 200, 300)),
+            row("random_50", "cuda:NVIDIA H200", (50, 100, 150)),
+            row("random_70", "cpu:2 cores (x86_64)", (70, 140, 210))]
+    groups = {g.name: g for g in report.family_speedups(done, 15, 2000)["pgd_at"].groups}
+    assert groups["random_50"].speedup == pytest.approx(2.0) and groups["random_50"].speedup_seconds is None
+    assert groups["random_70"].speedup == pytest.approx(200 / 140)
+    assert groups["random_70"].speedup_seconds == pytest.approx(1.0)
