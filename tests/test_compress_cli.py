@@ -47,6 +47,7 @@ def test_dm_writes_a_pool_that_train_accepts(tiny_cfg, tmp_path):
     r = runner.invoke(app, ["compress", str(tiny_cfg), "--method", "dm", "--ipc", "2", "--iterations", "2",
                             "--out", str(out)])
     assert r.exit_code == 0, r.output
+    assert not [p for p in tmp_path.iterdir() if "state" in p.name]  # its resume state is removed once done
     r = runner.invoke(app, ["train", str(tiny_cfg), "--set", f"data.pool={out}", "--out", str(tmp_path / "run")])
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["n_train"] == 6

@@ -31,6 +31,36 @@ def test_dm_lowers_matching_loss_and_is_reproducible():
     assert torch.equal(imgs, again) and hist == hist2
 
 
+def test_dm_resumes_from_its_state_to_the_uninterrupted_result(tmp_path, monkeypatch):
+    """A condensation killed mid-way and run again with the same state file ends with the images and loss
+    history of one that was never interrupted; a state of other settings is refused, not silently reused."""
+    x, y = tiny_data()
+    kw = dict(ipc=2, batch_real=16, seed=0, width=8)
+    whole, _, hist = dm_condense(x, y, iterations=12, **kw)
+    state = tmp_path / "dm.state.pt"
+    import leanrobust.selection.dm as dm
+
+    real_redraw, calls = dm._redraw, []
+
+    def dies_at_iteration_8(net, g):  # the process is killed during iteration 8 (after the state at 5)
+        calls.append(1)
+        if len(calls) == 8:
+            raise KeyboardInterrupt
+        real_redraw(net, g)
+
+    monkeypatch.setattr(dm, "_redraw", dies_at_iteration_8)
+    with pytest.raises(KeyboardInterrupt):
+        dm_condense(x, y, iterations=12, state=state, state_every=5, **kw)
+    monkeypatch.setattr(dm, "_redraw", real_redraw)
+    assert torch.load(state, weights_only=True)["iterations"] == 5
+    resumed, _, hist2 = dm_condense(x, y, iterations=12, state=state, state_every=5, **kw)
+    assert torch.equal(resumed, whole) and hist2 == pytest.approx(hist, rel=0, abs=0)
+    with pytest.raises(ValueError, match="other settings"):
+        dm_condense(x, y, iterations=12, state=state, **{**kw, "batch_real": 8})
+    with pytest.raises(ValueError, match="more than"):
+        dm_condense(x, y, iterations=4, state=state, **kw)
+
+
 def test_dm_initialises_from_real_images_of_the_class():
     x, y = tiny_data()
     imgs, labels, hist = dm_condense(x, y, ipc=3, iterations=0, seed=1, width=8)

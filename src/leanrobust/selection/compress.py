@@ -72,10 +72,12 @@ def compress(config: Optional[Path], method: str, *, ipc: Optional[int] = None, 
     else:
         if ipc is None:
             raise ValueError("--method dm needs --ipc (synthetic images per class)")
+        state = out.with_name(out.name + ".dm_state.pt")  # an interrupted condensation resumes from it
         imgs, labs, history = dm_condense(images, labels, ipc=ipc, iterations=iterations, batch_real=batch_real, seed=cfg.seed,
-                                          device=device, progress=progress)
+                                          device=device, progress=progress, state=state)
         write_npz(out, image=imgs.permute(0, 2, 3, 1).numpy(), label=labs.numpy(),
                   **{SOURCE_KEY: fingerprint_array(fingerprint)})  # checked by a run that trains on this pool
+        state.unlink(missing_ok=True)
         report.update(k=len(labs), iterations=iterations, loss_first=history[0] if history else None,
                       loss_last=history[-1] if history else None, output="pool", use=f"data.pool={out}",
                       train=train_hint(config, out, overrides=overrides, fingerprint=fingerprint, kind="pool"))

@@ -17,6 +17,7 @@ Choices, following the authors' public code where it is explicit:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.augment import to_float
+from ..io import atomic_write
 from .random_subset import _labels_numpy, class_budgets
 
 DSA_STRATEGY = ("color", "crop", "cutout", "flip", "scale", "rotate")
@@ -133,6 +135,7 @@ def _redraw(net: nn.Module, g: torch.Generator) -> None:
 def dm_condense(images_uint8, labels, *, ipc: int, iterations: int, batch_real: int = 256, lr: float = 1.0,
                 seed: int = 0, device=None, width: int = 128, depth: int = 3, momentum: float = 0.5,
                 dsa: bool = True, mean=None, std=None, progress: bool = False,
+                state: str | Path | None = None, state_every: int = 25,
                 ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Condense (N, C, H, W) uint8 images to ``ipc`` synthetic images per class.
 
@@ -140,7 +143,11 @@ def dm_condense(images_uint8, labels, *, ipc: int, iterations: int, batch_real: 
     matching loss per iteration). The result is a new pool (synthetic images) meant to be trained on
     with unit weights. ``mean``/``std``: per-channel normalisation of the pixel space the images are
     optimised in (default: the data's own statistics). H and W must be >= 2**depth. progress: a tqdm
-    bar over the iterations on stderr, with the matching loss."""
+    bar over the iterations on stderr, with the matching loss.
+    state: a file the condensation saves itself to every ``state_every`` iterations (the synthetic images,
+    the optimiser and the generator that draws every network, batch and augmentation) and resumes from, so
+    an interrupted run ends with the images of an uninterrupted one (hours on a CPU). A state made with
+    other settings or data is refused."""
     x_all = images_uint8 if isinstance(images_uint8, torch.Tensor) else torch.as_tensor(np.asarray(images_uint8))
     if x_all.ndim != 4:
         raise ValueError(f"images_uint8 must be (N, C, H, W), got shape {tuple(x_all.shape)}")
@@ -180,9 +187,31 @@ def dm_condense(images_uint8, labels, *, ipc: int, iterations: int, batch_real: 
     for p in net.parameters():
         p.requires_grad_(False)
     history: list[float] = []
+    key = torch.tensor([ipc, int(batch_real), int(seed), width, depth, int(dsa), x_all.shape[0], *x_all.shape[1:],
+                        int(x_all.sum())], dtype=torch.int64)  # what a state must have been made with
+    key_f = torch.tensor([float(lr), float(momentum)], dtype=torch.float64)
+    done = 0
+    if state is not None and Path(state).exists():
+        st = torch.load(state, map_location="cpu", weights_only=True)
+        if not (torch.equal(st["key"], key) and torch.equal(st["key_f"], key_f)):
+            raise ValueError(f"{state}: a DM state made with other settings or data; delete it to start over")
+        done = int(st["iterations"])
+        if done > iterations:
+            raise ValueError(f"{state}: holds {done} iterations, more than the {iterations} asked for")
+        with torch.no_grad():
+            syn.copy_(st["syn"].to(dev))
+        opt.load_state_dict(st["opt"])
+        g.set_state(st["generator"].to(g.get_state().device))
+        history = [float(v) for v in st["history"]]
+
+    def save_state(n: int) -> None:
+        atomic_write(state, lambda tmp: torch.save(
+            {"key": key, "key_f": key_f, "iterations": n, "syn": syn.detach().cpu(), "opt": opt.state_dict(),
+             "generator": g.get_state(), "history": torch.tensor(history, dtype=torch.float64)}, tmp))
+
     size = tuple(x.shape[-2:])
-    bar = tqdm(total=int(iterations), desc="dm", unit="it", disable=not progress, dynamic_ncols=True)
-    for _ in range(int(iterations)):
+    bar = tqdm(total=int(iterations), initial=done, desc="dm", unit="it", disable=not progress, dynamic_ncols=True)
+    for it in range(done, int(iterations)):
         _redraw(net, g)
         real_b, syn_b = [], []
         for i, c in enumerate(classes):
@@ -210,6 +239,8 @@ def dm_condense(images_uint8, labels, *, ipc: int, iterations: int, batch_real: 
         history.append(float(loss.detach()) / len(classes))
         bar.set_postfix(loss=f"{history[-1]:.4g}", refresh=False)
         bar.update()
+        if state is not None and ((it + 1) % state_every == 0 or it + 1 == iterations):
+            save_state(it + 1)
     bar.close()
 
     out = (syn.detach() * std_t + mean_t).clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8).cpu()
